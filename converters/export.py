@@ -1,0 +1,53 @@
+"""Export a classifier's bundle graph to ONNX with torch.export (``dynamo=True``)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from edgesdk.errors import TargetError
+
+__all__ = ["export_onnx", "ONNX_OPSET"]
+
+ONNX_OPSET = 18
+
+
+def export_onnx(classifier, path: Path) -> Path:
+    """Write the classifier's graph as one self-contained ONNX file with dynamic axes."""
+    import onnx
+
+    spec = classifier.spec
+    graph = classifier.graph().eval()
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                graph,
+                classifier.example_inputs(),
+                dynamo=True,
+                dynamic_shapes=classifier.dynamic_shapes(),
+                input_names=[t.name for t in spec.inputs],
+                output_names=[t.name for t in spec.outputs],
+                opset_version=ONNX_OPSET,
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as e:
+        raise TargetError(f"ONNX export of {spec.name!r} failed: {type(e).__name__}: {e}") from e
+    model = program.model_proto
+    _strip_run_dependent(model)
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    return path
+
+
+def _strip_run_dependent(model) -> None:
+    """Drop doc strings and stack-trace metadata (file paths) so bundles are reproducible."""
+    model.doc_string = ""
+    model.graph.doc_string = ""
+    for node in model.graph.node:
+        node.doc_string = ""
+        keep = [p for p in node.metadata_props if not p.key.startswith("pkg.torch")]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)

@@ -1,0 +1,119 @@
+"""Load a Hugging Face sequence-classification folder as a ``TextClassifier``.
+
+Nothing is hard-coded to one architecture: the head is checked by running it, the inputs
+come from the model's forward signature, the embedding from ``get_input_embeddings``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+
+from .errors import ModelError
+from .models import TextClassifier, read_json, text_spec
+from .spec import TextPreprocessing
+
+__all__ = ["load_hf_classifier"]
+
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+_PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
+
+
+def _check_folder(path: Path) -> dict:
+    if not path.is_dir():
+        raise ModelError(f"model folder {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} has no config.json: not a Hugging Face model folder (save it with save_pretrained)")
+    config = read_json(path / "config.json", "config.json")
+    archs = config.get("architectures") or []
+    if not any(str(a).endswith("ForSequenceClassification") for a in archs):
+        raise ModelError(
+            f"{path} holds {archs or 'an unknown architecture'}, not a sequence classifier: "
+            "fine-tune it with AutoModelForSequenceClassification and save_pretrained"
+        )
+    if not any((path / w).is_file() for w in _WEIGHTS):
+        pickles = [p for p in _PICKLES if (path / p).is_file()]
+        if pickles:
+            raise ModelError(
+                f"{path} holds only pickle weights ({', '.join(pickles)}), which edgesdk never "
+                "unpickles: re-save with model.save_pretrained(dir, safe_serialization=True)"
+            )
+        raise ModelError(f"{path} has no model.safetensors: save the model with save_pretrained")
+    if not (path / "tokenizer.json").is_file():
+        raise ModelError(
+            f"{path} has no tokenizer.json: save the fast tokenizer beside the model "
+            "(AutoTokenizer.from_pretrained(...).save_pretrained(dir))"
+        )
+    return config
+
+
+def _max_length(path: Path, config: dict, tokenizer: dict, max_length: int | None) -> int:
+    limit = int(config.get("max_position_embeddings", 512))
+    if max_length is not None:
+        if not 2 <= max_length <= limit:
+            raise ModelError(f"max_length {max_length} must lie in [2, {limit}] for this model")
+        return max_length
+    truncation = tokenizer.get("truncation") or {}
+    if truncation.get("max_length"):
+        return min(int(truncation["max_length"]), limit)
+    tok_config = path / "tokenizer_config.json"
+    if tok_config.is_file():
+        value = read_json(tok_config, "tokenizer_config.json").get("model_max_length")
+        if isinstance(value, int) and 2 <= value <= limit:
+            return value
+    return min(limit, 512)
+
+
+def load_hf_classifier(path: Path, labels: list[str] | None, max_length: int | None) -> TextClassifier:
+    """Load, check and describe a sequence classifier folder; see ``TextClassifier``."""
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForSequenceClassification
+
+    config = _check_folder(path)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, local_files_only=True, use_safetensors=True, output_loading_info=True,
+            dtype=torch.float32,
+        )
+    except Exception as e:  # transformers raises many kinds; name the folder and the cause
+        raise ModelError(f"{path}: could not load the classifier ({type(e).__name__}: {e})") from e
+    if info.get("missing_keys") or info.get("mismatched_keys"):
+        raise ModelError(
+            f"{path}: weights missing for {sorted(info.get('missing_keys') or [])[:5]} "
+            f"{sorted(info.get('mismatched_keys') or [])[:5]}: not a trained classifier, or labels "
+            "in config.json that don't match the head"
+        )
+    model.eval()
+    tokenizer_json = read_json(path / "tokenizer.json", "tokenizer.json")
+    try:
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    except Exception as e:
+        raise ModelError(f"{path / 'tokenizer.json'} is not a valid tokenizer ({e})") from e
+    rows = model.get_input_embeddings().num_embeddings
+    if tokenizer.get_vocab_size(with_added_tokens=True) > rows:
+        raise ModelError(
+            f"{path}: tokenizer.json has {tokenizer.get_vocab_size(with_added_tokens=True)} tokens but "
+            f"the embedding has {rows} rows: the tokenizer belongs to another model"
+        )
+    params = inspect.signature(model.forward).parameters
+    input_names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in params and int(config.get("type_vocab_size", 0)) > 1:
+        input_names.append("token_type_ids")
+
+    id2label = config.get("id2label") or {}
+    label_list = labels or [id2label[k] for k in sorted(id2label, key=int)]
+    with torch.inference_mode():
+        n_logits = model(input_ids=torch.ones((1, 4), dtype=torch.long)).logits.shape[-1]
+    if not label_list or len(label_list) != n_logits:
+        raise ModelError(
+            f"{path}: the head outputs {n_logits} logits but {len(label_list or [])} labels are "
+            "known: set id2label in config.json or pass labels=[...] with one label per class"
+        )
+    padding = tokenizer_json.get("padding") or {}
+    pad_id = padding.get("pad_id", config.get("pad_token_id") or 0)
+    pre = TextPreprocessing(max_length=_max_length(path, config, tokenizer_json, max_length), pad_id=int(pad_id))
+    spec = text_spec(path.name, list(label_list), input_names, pre,
+                     {"type": "huggingface", "path": str(path.resolve())})
+    return TextClassifier(model=model, spec=spec, tokenizer_file=path / "tokenizer.json")

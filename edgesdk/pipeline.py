@@ -1,0 +1,258 @@
+"""The conversion pipeline: passes on the model, then every target x precision, verified.
+
+``convert`` validates everything it can before writing, builds each bundle in a staging
+folder, runs it in its own runtime against PyTorch on the verification data, writes the
+report, and moves the whole output into place at the end.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .bundle import staged_output, write_arrays, write_manifest
+from .converters import PASSES, run_passes
+from .data import Samples, read_samples
+from .errors import EdgeSDKError, InputError
+from .models import Classifier, TextClassifier
+from .parity import ParityResult, Thresholds, compare, default_thresholds, skipped
+from .progress import Steps
+from .report import write_report
+from .runtime.bundle import Bundle
+from .runtime.encode import Encoder, encoder_for, row_digest
+from .targets import TARGETS, Target
+
+__all__ = ["convert", "ConversionResult", "BundleRecord", "Verification", "REFERENCE_FILE"]
+
+REFERENCE_FILE = "reference.safetensors"
+
+
+@dataclass
+class BundleRecord:
+    """One target x precision: where it went, its parity, size and latency, or its error."""
+
+    name: str
+    target: str
+    precision: str
+    status: str
+    reason: str
+    path: Path | None = None
+    parity: ParityResult | None = None
+    bytes: int = 0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    logits: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "target": self.target,
+            "precision": self.precision,
+            "status": self.status,
+            "reason": self.reason,
+            "bytes": self.bytes,
+            "latency_ms": self.latency_ms,
+            "parity": self.parity.to_dict() if self.parity else None,
+        }
+
+
+@dataclass
+class ConversionResult:
+    """What ``convert`` wrote: bundle records, pass records and the report's path."""
+
+    out: Path
+    model: str
+    bundles: list[BundleRecord]
+    passes: list[dict[str, Any]]
+    report_path: Path
+    report: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when no bundle failed its parity or its build (skipped is not a failure)."""
+        return all(b.status in ("pass", "skipped") for b in self.bundles)
+
+
+@dataclass
+class Verification:
+    """Encoded verification samples and PyTorch's logits for them."""
+
+    samples: Samples
+    rows: list
+    reference: np.ndarray
+
+    def digests(self) -> np.ndarray:
+        return np.frombuffer(b"".join(row_digest(r) for r in self.rows), dtype=np.uint8).reshape(-1, 32)
+
+
+class Artifacts:
+    """Intermediate files shared by targets (the float ONNX export is made once)."""
+
+    def __init__(self, classifier: Classifier, workdir: Path, steps: Steps) -> None:
+        from .converters.export import ONNX_OPSET
+
+        self.classifier = classifier
+        self.workdir = workdir
+        self.steps = steps
+        self.onnx_opset = ONNX_OPSET
+        self._onnx: Path | None = None
+
+    def onnx_fp32(self) -> Path:
+        if self._onnx is None:
+            from .converters.export import export_onnx
+
+            with self.steps.step("export to ONNX (torch.export)"):
+                self._onnx = export_onnx(self.classifier, self.workdir / "model.fp32.onnx")
+        return self._onnx
+
+
+def _versions(target: type[Target]) -> dict[str, str | None]:
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"edgesdk": __version__, "torch": version("torch"), "onnx": version("onnx"),
+            target.distribution: target.runtime_version()}
+
+
+def _latency(bundle: Bundle, rows: list, runs: int = 30) -> dict[str, float]:
+    """Batch-1 latency percentiles on this machine (run-dependent: report only)."""
+    times = []
+    with bundle.runner() as runner:
+        for i in range(runs + 3):
+            _, feeds = next(bundle.encoder.batches([rows[i % len(rows)]], 1))
+            start = time.perf_counter()
+            runner.infer(feeds)
+            if i >= 3:
+                times.append((time.perf_counter() - start) * 1000)
+    return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
+
+
+def _build_one(target: Target, precision: str, classifier: Classifier, artifacts: Artifacts,
+               folder: Path, verification: Verification | None, thresholds: Thresholds,
+               passes: list[dict[str, Any]]) -> BundleRecord:
+    name = f"{target.name}-{precision}"
+    folder.mkdir()
+    notes = target.build(artifacts, precision, folder)
+    if isinstance(classifier, TextClassifier):
+        shutil.copyfile(classifier.tokenizer_file, folder / classifier.spec.preprocessing.tokenizer)
+    if verification is not None:
+        write_arrays(folder / REFERENCE_FILE, {
+            "digests": verification.digests(),
+            "logits": verification.reference,
+            "labels": verification.samples.labels,
+        })
+    manifest = {
+        "format": "edgesdk-bundle",
+        "name": f"{classifier.spec.name}-{name}",
+        "target": target.name,
+        "runtime": target.runtime,
+        "precision": precision,
+        "model_file": target.model_file,
+        "spec": classifier.spec.to_dict(),
+        "build": notes,
+        "passes": passes,
+        "reference": {"file": REFERENCE_FILE, "samples": len(verification.rows)} if verification else None,
+        "versions": _versions(type(target)),
+    }
+    write_manifest(folder, {**manifest, "parity": skipped("pending", thresholds).to_dict()})
+    bundle = Bundle.open(folder)
+    record = BundleRecord(name, target.name, precision, "skipped", "", path=folder,
+                          bytes=sum(p.stat().st_size for p in folder.iterdir()))
+    reason = target.parity_skip_reason()
+    if verification is None:
+        reason = "no verification data was given (pass verify_on / --verify-on)"
+    if reason:
+        record.parity = skipped(reason, thresholds)
+    else:
+        logits = bundle.run_rows(verification.rows)["logits"]
+        record.parity = compare(verification.reference, logits, thresholds, verification.samples.labels)
+        record.logits = logits
+        record.latency_ms = _latency(bundle, verification.rows)
+    record.status, record.reason = record.parity.status, record.parity.reason
+    write_manifest(folder, {**manifest, "parity": record.parity.to_dict()})
+    return record
+
+
+def _plan(targets: list[str], precisions: list[str]) -> list[tuple[Target, str]]:
+    plan = []
+    for t in targets:
+        target = TARGETS.get(t)()
+        for p in precisions:
+            default_thresholds(p)
+            if p not in target.precisions:
+                raise InputError(f"target {t!r} builds {', '.join(target.precisions)}, not {p!r}")
+            plan.append((target, p))
+    if not plan:
+        raise InputError("no bundles requested: give at least one target and one precision")
+    return plan
+
+
+def convert(
+    model: Classifier,
+    out: str | Path,
+    targets: list[str] | tuple[str, ...] = ("onnx",),
+    precisions: list[str] | tuple[str, ...] = ("fp32",),
+    verify_on: str | Path | None = None,
+    passes: list[str] | None = None,
+    thresholds: dict[str, Thresholds] | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> ConversionResult:
+    """Convert ``model`` into one verified bundle per target x precision under ``out``.
+
+    ``passes`` defaults to every registered pass that applies; ``thresholds`` maps a
+    precision to its parity thresholds (defaults per precision otherwise).
+    """
+    if not isinstance(model, Classifier):
+        raise InputError(f"convert() takes an edgesdk TextClassifier or ImageClassifier, not {type(model).__name__}")
+    plan = _plan(list(targets), list(precisions))
+    pass_names = list(PASSES.names()) if passes is None else list(passes)
+    for name in pass_names:
+        PASSES.get(name)
+    samples = read_samples(verify_on, model.spec) if verify_on is not None else None
+    steps = Steps(quiet)
+    with staged_output(out, overwrite) as staging, tempfile.TemporaryDirectory(prefix="edgesdk-work-") as work:
+        with steps.step(f"passes on {model.spec.name}: {', '.join(pass_names) or 'none'}"):
+            classifier, pass_records = run_passes(model, pass_names)
+        verification = None
+        if samples is not None:
+            with steps.step(f"PyTorch reference on {len(samples)} samples"):
+                encoder: Encoder = encoder_for(classifier.spec, _tokenizer_folder(classifier))
+                rows = encoder.encode(samples.items)
+                verification = Verification(samples, rows, classifier.reference_logits(rows, encoder))
+        artifacts = Artifacts(classifier, Path(work), steps)
+        records = []
+        for target, precision in plan:
+            thr = (thresholds or {}).get(precision) or default_thresholds(precision)
+            folder = staging / f"{target.name}-{precision}"
+            try:
+                with steps.step(f"bundle {folder.name}: build and verify in {target.runtime}"):
+                    record = _build_one(target, precision, classifier, artifacts, folder,
+                                        verification, thr, pass_records)
+            except Exception as e:  # one target's failure is reported, the others still build
+                shutil.rmtree(folder, ignore_errors=True)
+                cause = str(e) if isinstance(e, EdgeSDKError) else f"{type(e).__name__}: {e}"
+                record = BundleRecord(folder.name, target.name, precision, "error", cause)
+            records.append(record)
+            steps.note(f"  {record.name}: {record.status} ({record.reason})")
+        with steps.step("report"):
+            report = write_report(staging, classifier.spec, records, pass_records, verification)
+    out = Path(out).absolute()
+    for r in records:
+        if r.path is not None:
+            r.path = out / r.path.name
+    return ConversionResult(out, classifier.spec.name, records, pass_records, out / "report.html", report)
+
+
+def _tokenizer_folder(classifier: Classifier) -> Path:
+    return classifier.tokenizer_file.parent if isinstance(classifier, TextClassifier) else Path(".")

@@ -1,0 +1,32 @@
+"""Progress on stderr with rich: a spinner per step, then one line with its duration."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+
+__all__ = ["Steps"]
+
+
+class Steps:
+    """Shows each step while it runs and logs it when done (silent when ``quiet``)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.console = Console(stderr=True, quiet=quiet, highlight=False)
+
+    @contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        start = time.perf_counter()
+        with self.console.status(what):
+            try:
+                yield
+            except BaseException:
+                self.console.print(f"[red]✗[/] {what} ({time.perf_counter() - start:.1f} s)")
+                raise
+        self.console.print(f"[green]✓[/] {what} ({time.perf_counter() - start:.1f} s)")
+
+    def note(self, text: str) -> None:
+        self.console.print(text)

@@ -1,0 +1,76 @@
+"""The runner contract every target implements: activate, infer, deactivate.
+
+The base class checks feeds against the spec (names, dtypes, ranks, fixed dims), so each
+runtime's runner only loads its model and calls its runtime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, TargetError
+from ..spec import ModelSpec
+
+__all__ = ["Runner", "import_runtime"]
+
+
+def import_runtime(module: str, extra: str):
+    """Import an optional runtime, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise TargetError(
+            f"the {module} runtime is not installed: pip install 'edgesdk[{extra}]'"
+        ) from e
+
+
+class Runner:
+    """Runs one bundle's model file; use as a context manager around ``infer``."""
+
+    def __init__(self, model_path: Path, spec: ModelSpec) -> None:
+        self.model_path = Path(model_path)
+        self.spec = spec
+        self.active = False
+
+    def __enter__(self) -> Runner:
+        self.activate()
+        self.active = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+        self.active = False
+
+    def activate(self) -> None:
+        """Load the model into the runtime."""
+
+    def deactivate(self) -> None:
+        """Release the runtime's resources."""
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; returns every output of the spec by name."""
+        if not self.active:
+            raise TargetError(f"{type(self).__name__}: use the runner inside a `with` block")
+        self._check(feeds)
+        return self._infer(feeds)
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _check(self, feeds: dict[str, np.ndarray]) -> None:
+        expected = {t.name: t for t in self.spec.inputs}
+        if set(feeds) != set(expected):
+            raise InputError(f"feeds {sorted(feeds)} do not match the model inputs {sorted(expected)}")
+        for name, t in expected.items():
+            a = feeds[name]
+            if a.dtype != np.dtype(t.dtype):
+                raise InputError(f"input {name!r} has dtype {a.dtype}, the model takes {t.dtype}")
+            if a.ndim != len(t.shape):
+                raise InputError(f"input {name!r} has shape {a.shape}, the model takes {t.shape}")
+            for got, want in zip(a.shape, t.shape):
+                if isinstance(want, int) and got != want:
+                    raise InputError(f"input {name!r} has shape {a.shape}, the model takes {t.shape}")

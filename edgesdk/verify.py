@@ -1,0 +1,65 @@
+"""Re-check a bundle from disk: run it in its runtime on data and compare with PyTorch.
+
+PyTorch's logits come from the bundle's own reference file (the conversion's verification
+data, matched sample by sample through a digest of the encoded inputs), or from the
+original model when ``model`` is given. Without ``model`` nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .data import read_samples
+from .errors import InputError
+from .parity import ParityResult, Thresholds, compare
+from .runtime.bundle import Bundle, safe_member
+from .runtime.encode import row_digest
+
+__all__ = ["verify_bundle"]
+
+
+def _stored_reference(bundle: Bundle, rows: list, data: Path) -> np.ndarray:
+    from safetensors.numpy import load_file
+
+    ref = bundle.manifest.get("reference")
+    if not ref:
+        raise InputError(f"{bundle.path} carries no PyTorch reference: pass --model to compute one")
+    stored = load_file(str(safe_member(bundle.path, ref["file"])))
+    index = {bytes(d): i for i, d in enumerate(stored["digests"])}
+    positions = [index.get(row_digest(r)) for r in rows]
+    missing = sum(p is None for p in positions)
+    if missing:
+        raise InputError(
+            f"{missing} of {len(rows)} samples in {data} were not in the conversion's verification "
+            "data, so the bundle holds no PyTorch output for them: pass --model (and --weights) to "
+            "compute the reference"
+        )
+    return stored["logits"][np.asarray(positions, dtype=np.int64)]
+
+
+def verify_bundle(
+    path: str | Path,
+    data: str | Path,
+    model: str | None = None,
+    weights: str | None = None,
+    thresholds: Thresholds | None = None,
+) -> ParityResult:
+    """Parity of the bundle at ``path`` on ``data``; truthy when within the thresholds.
+
+    ``thresholds`` defaults to those recorded in the bundle at conversion time.
+    """
+    bundle = Bundle.open(path)
+    samples = read_samples(data, bundle.spec)
+    rows = bundle.encoder.encode(samples.items)
+    if model is not None:
+        from .models import load_classifier
+
+        reference = load_classifier(model, weights).reference_logits(rows, bundle.encoder)
+    else:
+        reference = _stored_reference(bundle, rows, Path(data))
+    if thresholds is None:
+        thresholds = Thresholds(**bundle.manifest["parity"]["thresholds"])
+    logits = bundle.run_rows(rows)["logits"]
+    return compare(reference, logits, thresholds, samples.labels)

@@ -1,0 +1,51 @@
+"""The target contract: build a bundle's model file, and give a runner for its runtime.
+
+Target modules import only numpy and their runtime at import time (torch lazily inside
+``build``), so the torch-free loader can find runners through the same registry.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+from edgesdk.registry import Registry
+from edgesdk.runtime.runner import Runner
+from edgesdk.spec import ModelSpec
+
+__all__ = ["Target", "TARGETS"]
+
+
+class Target:
+    """One runtime: which precisions it builds, its model file, how to build and run it."""
+
+    name: ClassVar[str]
+    runtime: ClassVar[str]
+    extra: ClassVar[str]
+    distribution: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]]
+    model_file: ClassVar[str]
+    runner_class: ClassVar[type[Runner]]
+
+    def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
+        """Write the model file into ``folder``; returns notes for the manifest."""
+        raise NotImplementedError
+
+    def parity_skip_reason(self) -> str | None:
+        """Why parity cannot run on this machine, or None when it can."""
+        return None
+
+    @classmethod
+    def runner(cls, model_path: Path, spec: ModelSpec) -> Runner:
+        return cls.runner_class(model_path, spec)
+
+    @classmethod
+    def runtime_version(cls) -> str | None:
+        try:
+            return metadata.version(cls.distribution)
+        except metadata.PackageNotFoundError:
+            return None
+
+
+TARGETS: Registry[type[Target]] = Registry("target")
