@@ -44,7 +44,9 @@ def read_text_lines(path: Path):
                 try:
                     yield number, raw.decode("utf-8").rstrip("\r\n")
                 except UnicodeDecodeError as e:
-                    raise InputError(f"{path}: line {number} is not UTF-8 text ({e.reason}); re-encode the file as UTF-8") from e
+                    raise InputError(
+                        f"{path}: line {number} is not UTF-8 text ({e.reason}); re-encode the file as UTF-8"
+                    ) from e
     except (OSError, EOFError) as e:
         raise InputError(f"{path}: cannot read ({e})") from e
 
@@ -101,7 +103,9 @@ def _read_images(path: Path, spec: ModelSpec) -> Samples:
             images = npz["images"]
             labels = npz["labels"].astype(np.int64) if "labels" in npz else np.full(len(images), -1)
     except (OSError, ValueError, KeyError, EOFError) as e:
-        raise InputError(f"{path}: expected an .npz with 'images' (N x H x W [x C] uint8) and optional 'labels' ({e})") from e
+        raise InputError(
+            f"{path}: expected an .npz with 'images' (N x H x W [x C] uint8) and optional 'labels' ({e})"
+        ) from e
     if images.ndim == 3 and pre.channels == 1:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] != pre.channels or images.dtype != np.uint8 or not len(images):

@@ -70,15 +70,25 @@ def load_hf_classifier(path: Path, labels: list[str] | None, max_length: int | N
     """Load, check and describe a sequence classifier folder; see ``TextClassifier``."""
     from tokenizers import Tokenizer
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
     config = _check_folder(path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path, local_files_only=True, use_safetensors=True, output_loading_info=True,
             dtype=torch.float32,
         )
     except Exception as e:  # transformers raises many kinds; name the folder and the cause
-        raise ModelError(f"{path}: could not load the classifier ({type(e).__name__}: {e})") from e
+        hint = ""
+        if "mismatch" in str(e):
+            hint = ": the weights don't fit config.json (do its labels, id2label, match the trained head?)"
+        raise ModelError(f"{path}: could not load the classifier ({type(e).__name__}: {e}){hint}") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
     if info.get("missing_keys") or info.get("mismatched_keys"):
         raise ModelError(
             f"{path}: weights missing for {sorted(info.get('missing_keys') or [])[:5]} "
