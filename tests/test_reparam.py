@@ -1,0 +1,196 @@
+"""Reparameterization passes on blocks written in styles the passes were not written for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgesdk import ImageClassifier, ImagePreprocessing
+from edgesdk.converters import run_passes
+from edgesdk.converters.fx_graph import bn_scale_shift, identity_kernel
+
+PASSES = ["fold_batchnorm", "fuse_branches"]
+
+
+def randomize_bn(model: nn.Module) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters, then eval()."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
+            if m.affine:
+                m.weight.data.copy_(torch.randn(n, generator=g))
+                m.bias.data.copy_(torch.randn(n, generator=g))
+    return model.eval()
+
+
+def convbn(cin, cout, k, stride=1, groups=1, padding=None, bias=False, affine=True):
+    pad = tuple(x // 2 for x in k) if isinstance(k, tuple) else k // 2
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, pad if padding is None else padding, groups=groups,
+                                   bias=bias), nn.BatchNorm2d(cout, affine=affine))
+
+
+class RepVGGish(nn.Module):
+    """RepVGG written with other names, branch order and torch.add."""
+
+    def __init__(self, c, stride=1, groups=1):
+        super().__init__()
+        self.skip = nn.BatchNorm2d(c) if stride == 1 else None
+        self.pointwise = convbn(c, c, 1, stride, groups, padding=0)
+        self.dense = convbn(c, c, 3, stride, groups)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        y = torch.add(self.pointwise(x), self.dense(x))
+        if self.skip is not None:
+            y = y + self.skip(x)
+        return self.act(y)
+
+
+class MobileOneish(nn.Module):
+    """k over-parameterized branches summed with sum(), a 1x1 scale branch and identity BN."""
+
+    def __init__(self, c, k=3, kernel=3, groups=1):
+        super().__init__()
+        self.branches = nn.ModuleList(convbn(c, c, kernel, 1, groups) for _ in range(k))
+        self.scale = convbn(c, c, 1, 1, groups, padding=0)
+        self.idbn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(self.idbn(x) + self.scale(x) + sum(b(x) for b in self.branches))
+
+
+class ACBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.square, self.hor, self.ver = convbn(c, c, 3), convbn(c, c, (1, 3)), convbn(c, c, (3, 1))
+
+    def forward(self, x):
+        return self.ver(x).add(self.square(x) + self.hor(x))
+
+
+class Net(nn.Module):
+    def __init__(self, *blocks, c=8, classes=5):
+        super().__init__()
+        self.stem = convbn(3, c, 3, 1, bias=True)
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 16), nn.BatchNorm1d(16),
+                                  nn.Linear(16, classes))
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+def classifier(net: nn.Module) -> ImageClassifier:
+    pre = ImagePreprocessing(size=(24, 24), mean=(0.5,) * 3, std=(0.25,) * 3)
+    return ImageClassifier.create(randomize_bn(net), [str(i) for i in range(5)], pre)
+
+
+def check_exact(model: ImageClassifier, names=PASSES):
+    fused, records = run_passes(model, names)
+    x = torch.randint(0, 256, (4, 31, 27, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        ref, out = model.graph()(x)[0], fused.graph()(x)[0]
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max(), (out - ref).abs().max()
+    return fused, records
+
+
+def module_types(model):
+    return [type(m).__name__ for m in model.modules()]
+
+
+@pytest.mark.parametrize("block", [
+    lambda: RepVGGish(8), lambda: RepVGGish(8, stride=2), lambda: RepVGGish(8, groups=4),
+    lambda: RepVGGish(8, groups=8), lambda: MobileOneish(8), lambda: MobileOneish(8, k=4, groups=8),
+    lambda: MobileOneish(8, k=2, kernel=5), lambda: ACBlock(8),
+], ids=["repvgg", "repvgg-stride2", "repvgg-grouped", "repvgg-depthwise", "mobileone", "mobileone-dw",
+        "mobileone-5x5", "acnet"])
+def test_multi_branch_blocks_fuse_to_one_conv(block):
+    model = classifier(Net(block(), block() if not isinstance(block(), RepVGGish) or block().skip else RepVGGish(8)))
+    fused, records = check_exact(model)
+    assert "BatchNorm2d" not in module_types(fused.model)
+    assert records[1]["changed"] and len(records[1]["rewrites"]) == 2
+    assert records[1]["parameters"][1] < records[1]["parameters"][0]
+
+
+def test_conv_bn_variants_fold():
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 5, stride=2, padding=3, dilation=2, bias=True), nn.BatchNorm2d(8, affine=False),
+        nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8, padding=1, bias=False), nn.BatchNorm2d(8),
+        nn.Conv2d(8, 16, 1, groups=2), nn.BatchNorm2d(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(16, 5), nn.BatchNorm1d(5))
+    fused, records = check_exact(classifier(net), ["fold_batchnorm"])
+    assert [r["pattern"] for r in records[0]["rewrites"]] == [
+        "Conv2d+BatchNorm2d", "Conv2d+BatchNorm2d", "Conv2d+BatchNorm2d", "Linear+BatchNorm1d"]
+    assert not any("BatchNorm" in t for t in module_types(fused.model))
+
+
+class Unfusable(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.c, self.d = convbn(c, c, 3), nn.Sequential(convbn(c, c, 3), nn.ReLU())
+        self.e, self.f = convbn(c, c, 3), convbn(c, c, 3)
+        self.g, self.h = convbn(c, c, 1, padding=0), convbn(c, c, 3, stride=2, padding=13)
+        self.i, self.j = convbn(c, c, 2, padding=1), convbn(c, c, 4, padding=2)
+        self.out = nn.Conv2d(4 * c, c, 1)
+
+    def forward(self, x):
+        y = self.c(x) + self.d(x)  # a nonlinearity inside a branch
+        z = self.e(x) + self.f(torch.relu(x))  # branches over different inputs
+        w = self.g(x) + self.h(x)  # strides 1 and 2 with outputs of one shape
+        v = self.i(x) + self.j(x)  # even kernels
+        return self.out(torch.cat([y, z, w, v[:, :, :-1, :-1]], 1))
+
+
+def test_what_cannot_fuse_is_left_and_reported():
+    fused, records = check_exact(classifier(Net(Unfusable())))
+    reasons = " | ".join(s["reason"] for s in records[1]["skipped"])
+    for expected in ("not a Conv/BatchNorm of the shared input", "different inputs", "stride", "even"):
+        assert expected in reasons
+    assert not records[1]["changed"]
+
+
+def test_training_mode_batchnorm_is_refused():
+    model = classifier(Net(RepVGGish(8)))
+    model.model.stem[1].train()
+    _, records = run_passes(model, ["fold_batchnorm"])
+    assert any("training mode" in s["reason"] for s in records[0]["skipped"])
+
+
+def test_idempotent_and_deterministic():
+    model = classifier(Net(MobileOneish(8), ACBlock(8)))
+    once, _ = run_passes(model, PASSES)
+    twice, records = run_passes(once, PASSES)
+    assert not any(r["changed"] for r in records)
+    again, _ = run_passes(model, PASSES)
+    for (k1, v1), (k2, v2) in zip(once.model.state_dict().items(), again.model.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+
+
+def test_kernel_maths_against_modules():
+    bn = randomize_bn(nn.BatchNorm2d(6))
+    x = torch.randn(2, 6, 5, 5)
+    scale, shift = bn_scale_shift(bn)
+    assert torch.allclose(bn(x), x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1), atol=1e-6)
+    w = identity_kernel(6, 3, (3, 3))
+    assert torch.equal(nn.functional.conv2d(x, w, padding=1, groups=3), x)
+
+
+def test_demo_cnn_is_fused_and_exported(tmp_path):
+    import edgesdk
+    from edgesdk.demo import digits_arrays, digits_classifier
+
+    model = digits_classifier()
+    randomize_bn(model.model)
+    images, labels = digits_arrays()
+    np.savez(tmp_path / "d.npz", images=images[:40], labels=labels[:40])
+    result = edgesdk.convert(model, tmp_path / "out", verify_on=tmp_path / "d.npz", quiet=True)
+    fold, fuse = result.passes
+    assert result.ok and len(fold["rewrites"]) == 5 and len(fuse["rewrites"]) == 1
+    for record in (fold, fuse):
+        assert record["max_abs_diff"] <= 1e-5 * record["max_abs_logit"]
+    assert result.bundles[0].parity.max_abs_diff <= 1e-4
