@@ -80,6 +80,8 @@ def staged_output(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with _lock(out):
+            for stale in out.parent.glob(f".{out.name}.[to][ml][pd]-*"):  # left by a killed run
+                shutil.rmtree(stale, ignore_errors=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
             os.chmod(staging, 0o777 & ~_umask())
             try:

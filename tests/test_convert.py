@@ -181,3 +181,31 @@ def test_unknown_target_and_precision(tmp_path):
         edgesdk.convert(model, tmp_path / "d", targets=["coreml"], quiet=True)
     with pytest.raises(InputError, match="unknown precision"):
         edgesdk.convert(model, tmp_path / "d", precisions=["fp7"], quiet=True)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGKILL"])
+def test_killed_conversion_leaves_destination_untouched(tiny_text_dir, text_tsv, tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    dest = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "edgesdk.cli", "convert", "--model", str(tiny_text_dir), "--out", str(dest),
+           "--verify-on", str(text_tsv), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".dist.tmp-*")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # somewhere inside the export
+    proc.send_signal(getattr(signal, sig))
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert not dest.exists()
+    if sig != "SIGKILL":  # a caught signal cleans up at once
+        assert not list(tmp_path.glob(".dist*"))
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".dist")) == []
