@@ -122,5 +122,5 @@ class ModelSpec:
                 preprocessing=preprocessing,
                 source=dict(d.get("source", {})),
             )
-        except (KeyError, TypeError, ValueError, ModelError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, ModelError) as e:
             raise BundleError(f"manifest.json: malformed model spec ({e!r})") from e
