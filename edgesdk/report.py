@@ -128,7 +128,7 @@ def write_report(folder: Path, spec: ModelSpec, records: list, passes: list[dict
                                  "accuracy_reference": acc}
     report = {"edgesdk": __version__, "models": [model]}
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    model["plots"] = {r.name: _diff_histogram(r.name, verification.reference, r.logits)
+    model["plots"] = {r.name: _diff_histogram(f"{spec.name} {r.name}", verification.reference, r.logits)
                       for r in records if r.logits is not None}
     (folder / "report.html").write_text(render_html([model]), encoding="utf-8")
     return model
