@@ -87,8 +87,7 @@ def _load_image(path: Path, pre: ImagePreprocessing) -> np.ndarray:
 
 
 def _read_images(path: Path, spec: ModelSpec) -> Samples:
-    pre = spec.preprocessing
-    assert isinstance(pre, ImagePreprocessing)
+    pre: ImagePreprocessing = spec.preprocessing  # read_samples routes only image specs here
     if path.is_dir():
         items, ys = [], []
         for file in sorted(p for p in path.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES):
