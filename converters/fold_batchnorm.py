@@ -13,7 +13,7 @@ import torch
 from torch import fx, nn
 
 from .base import PASSES
-from .fx_graph import GraphPass, fold_bn, module_of, replace_with_module
+from .fx_graph import GraphPass, fold_bn, module_of, replace_with_module, uses_running_stats
 
 __all__ = ["FoldBatchNorm"]
 
@@ -23,7 +23,7 @@ _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 def _why_not(gm: fx.GraphModule, layer_node: fx.Node, bn: nn.Module) -> str | None:
     layer = module_of(gm, layer_node)
-    if bn.training or bn.running_mean is None:
+    if not uses_running_stats(bn):
         return "BatchNorm is in training mode or has no running statistics"
     if len(layer_node.users) != 1:
         return "the layer's output has other users"

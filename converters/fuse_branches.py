@@ -25,6 +25,7 @@ from .fx_graph import (
     module_of,
     pad_kernel,
     replace_with_module,
+    uses_running_stats,
 )
 
 __all__ = ["FuseBranches"]
@@ -55,7 +56,7 @@ def _branch(gm: fx.GraphModule, leaf) -> _Branch | None:
     m = module_of(gm, leaf) if isinstance(leaf, fx.Node) else None
     if isinstance(m, nn.Conv2d):
         return _Branch(leaf.args[0], m, m.weight, m.bias)
-    if isinstance(m, nn.BatchNorm2d) and not m.training and m.running_mean is not None:
+    if isinstance(m, nn.BatchNorm2d) and uses_running_stats(m):
         inner = leaf.args[0]
         conv = module_of(gm, inner)
         if isinstance(conv, nn.Conv2d) and len(inner.users) == 1:

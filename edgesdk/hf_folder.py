@@ -7,6 +7,8 @@ come from the model's forward signature, the embedding from ``get_input_embeddin
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -15,10 +17,26 @@ from .errors import ModelError
 from .models import TextClassifier, read_json, text_spec
 from .spec import TextPreprocessing
 
-__all__ = ["load_hf_classifier"]
+__all__ = ["load_hf_classifier", "quiet_transformers"]
 
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' warnings and progress bars, restoring its settings after."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _check_folder(path: Path) -> dict:
@@ -70,25 +88,19 @@ def load_hf_classifier(path: Path, labels: list[str] | None, max_length: int | N
     """Load, check and describe a sequence classifier folder; see ``TextClassifier``."""
     from tokenizers import Tokenizer
     from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
     config = _check_folder(path)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, local_files_only=True, use_safetensors=True, output_loading_info=True,
-            dtype=torch.float32,
-        )
+        with quiet_transformers():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, local_files_only=True, use_safetensors=True, output_loading_info=True,
+                dtype=torch.float32,
+            )
     except Exception as e:  # transformers raises many kinds; name the folder and the cause
         hint = ""
         if "mismatch" in str(e):
             hint = ": the weights don't fit config.json (do its labels, id2label, match the trained head?)"
         raise ModelError(f"{path}: could not load the classifier ({type(e).__name__}: {e}){hint}") from e
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
     if info.get("missing_keys") or info.get("mismatched_keys"):
         raise ModelError(
             f"{path}: weights missing for {sorted(info.get('missing_keys') or [])[:5]} "

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,9 @@ class Verification:
     rows: list
     reference: np.ndarray
 
+    @cached_property
     def digests(self) -> np.ndarray:
+        """One 32-byte digest per row (computed once, shared by every bundle)."""
         return np.frombuffer(b"".join(row_digest(r) for r in self.rows), dtype=np.uint8).reshape(-1, 32)
 
 
@@ -147,7 +150,7 @@ def _build_one(target: Target, precision: str, classifier: Classifier, artifacts
         shutil.copyfile(classifier.tokenizer_file, folder / classifier.spec.preprocessing.tokenizer)
     if verification is not None:
         write_arrays(folder / REFERENCE_FILE, {
-            "digests": verification.digests(),
+            "digests": verification.digests,
             "logits": verification.reference,
             "labels": verification.samples.labels,
         })
