@@ -3,7 +3,7 @@
 Registration order is the default pass order.
 """
 
-from . import fold_batchnorm, fuse_branches  # noqa: F401  (register the passes)
+from . import fold_batchnorm, fuse_branches, prune_vocab  # noqa: F401  (register the passes)
 from .base import PASSES, Pass, PassResult, run_passes
 
 __all__ = ["PASSES", "Pass", "PassResult", "run_passes"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from edgesdk.errors import EdgeSDKError, PassError
@@ -26,11 +27,17 @@ class PassResult:
 
 
 class Pass:
-    """A model rewrite. ``exact`` passes preserve the computation up to float rounding."""
+    """A model rewrite. ``exact`` passes preserve the computation up to float rounding.
+
+    ``run_passes`` gives each pass a ``workdir`` for files it writes (e.g. a new
+    tokenizer.json) and a ``progress(detail)`` callback.
+    """
 
     name: ClassVar[str]
     exact: ClassVar[bool] = True
     kinds: ClassVar[tuple[str, ...]] = ("text", "image")
+    workdir: Path | None = None
+    progress: Callable[[str], None] | None = None
 
     def applies_to(self, classifier: Any) -> bool:
         return classifier.spec.kind in self.kinds
@@ -43,15 +50,22 @@ PASSES: Registry[type[Pass]] = Registry("pass")
 
 
 def run_passes(
-    classifier: Any, names: list[str], measure: Callable[[Any], dict[str, Any]] | None = None
+    classifier: Any, names: list[str], measure: Callable[[Any], dict[str, Any]] | None = None,
+    options: dict[str, dict[str, Any]] | None = None, workdir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Run the named passes in order; returns the final classifier and one record per pass.
 
-    ``measure(classifier)`` adds figures (e.g. logit differences) to each record that changed.
+    ``options[name]`` are keyword arguments of that pass (all passes are created, and so
+    checked, before the first runs); ``measure(classifier)`` adds figures (e.g. logit
+    differences) to each record that changed.
     """
+    passes = [PASSES.get(name)(**(options or {}).get(name, {})) for name in names]
     records: list[dict[str, Any]] = []
-    for name in names:
-        p = PASSES.get(name)()
+    for name, p in zip(names, passes):
+        if workdir is not None:
+            p.workdir = workdir / name
+        p.progress = progress
         if not p.applies_to(classifier):
             continue
         try:

@@ -55,9 +55,13 @@ def _convert(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.model, args.weights, **kwargs)
     precisions = _csv(args.precisions)
     thresholds = {p: t for p in precisions if (t := _thresholds(args, p)) is not None}
+    prune = {key: value for key, value in (("heldout", args.heldout), ("min_count", args.min_token_count),
+                                           ("max_vocab", args.max_vocab), ("forced_tokens", args.forced_tokens))
+             if value is not None}
     result = convert(classifier, args.out, _csv(args.targets), precisions, args.verify_on,
                      passes=_csv(args.passes) if args.passes is not None else None,
-                     thresholds=thresholds, overwrite=args.overwrite, quiet=args.quiet)
+                     thresholds=thresholds, overwrite=args.overwrite, quiet=args.quiet,
+                     corpus=args.corpus, pass_options={"prune_vocabulary": prune} if prune else None)
     _print_records(result.bundles)
     print(f"report: {result.report_path}")
     return 0 if result.ok else 1
@@ -126,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     c.add_argument("--quiet", action="store_true", help="no progress output")
     _add_thresholds(c)
+    v = c.add_argument_group("vocabulary pruning (text; on when --corpus is given)")
+    v.add_argument("--corpus", nargs="+", metavar="FILE", help="unlabeled text files, one document per line (.gz ok)")
+    v.add_argument("--heldout", metavar="FILE", help="held-out texts: report how many still tokenize exactly")
+    v.add_argument("--min-token-count", type=int, help="keep tokens seen at least this often (default 1)")
+    v.add_argument("--max-vocab", type=int, help="keep at most this many tokens (most frequent first)")
+    v.add_argument("--forced-tokens", metavar="FILE", help="tokens to keep whatever the corpus, one per line")
     c.set_defaults(func=_convert)
 
     v = sub.add_parser("verify", help="re-check a bundle's parity; exit 1 when it fails")

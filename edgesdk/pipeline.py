@@ -210,34 +210,41 @@ def convert(
     thresholds: dict[str, Thresholds] | None = None,
     overwrite: bool = False,
     quiet: bool = False,
+    corpus: list[str | Path] | None = None,
+    pass_options: dict[str, dict[str, Any]] | None = None,
 ) -> ConversionResult:
     """Convert ``model`` into one verified bundle per target x precision under ``out``.
 
-    ``passes`` defaults to every registered pass that applies; ``thresholds`` maps a
-    precision to its parity thresholds (defaults per precision otherwise).
+    ``passes`` defaults to every registered pass that applies; ``corpus`` (text files, one
+    document per line) turns on vocabulary pruning; ``pass_options`` maps a pass name to
+    its keyword arguments; ``thresholds`` maps a precision to its parity thresholds.
     """
     if not isinstance(model, Classifier):
         raise InputError(f"convert() takes an edgesdk TextClassifier or ImageClassifier, not {type(model).__name__}")
     plan = _plan(list(targets), list(precisions))
     pass_names = list(PASSES.names()) if passes is None else list(passes)
-    for name in pass_names:
-        PASSES.get(name)
+    options = {name: dict(kwargs) for name, kwargs in (pass_options or {}).items()}
+    if corpus:
+        options.setdefault("prune_vocabulary", {})["corpus"] = list(corpus)
+    for name in [*pass_names, *options]:
+        PASSES.get(name)(**options.get(name, {}))  # unknown names and bad options fail before any work
     samples = read_samples(verify_on, model.spec) if verify_on is not None else None
     steps = Steps(quiet)
     with staged_output(out, overwrite) as staging, tempfile.TemporaryDirectory(prefix="edgesdk-work-") as work:
-        verification = measure = None
+        reference = measure = None
         if samples is not None:
             with steps.step(f"PyTorch reference on {len(samples)} samples"):
-                encoder: Encoder = encoder_for(model.spec, _tokenizer_folder(model))
-                rows = encoder.encode(samples.items)
-                verification = Verification(samples, rows, model.reference_logits(rows, encoder))
+                reference = model.reference_logits(*_encode(model, samples))
 
             def measure(c: Classifier) -> dict[str, float]:
-                diff = np.abs(c.reference_logits(rows, encoder) - verification.reference)
-                return {"max_abs_diff": float(diff.max()), "max_abs_logit": float(np.abs(verification.reference).max())}
+                logits = c.reference_logits(*_encode(c, samples))
+                diff = np.abs(logits - reference)
+                return {"max_abs_diff": float(diff.max()), "max_abs_logit": float(np.abs(reference).max()),
+                        "agreement": float((logits.argmax(1) == reference.argmax(1)).mean())}
 
-        with steps.step(f"passes on {model.spec.name}: {', '.join(pass_names) or 'none'}"):
-            classifier, pass_records = run_passes(model, pass_names, measure)
+        with steps.step(f"passes on {model.spec.name}: {', '.join(pass_names) or 'none'}") as update:
+            classifier, pass_records = run_passes(model, pass_names, measure, options, Path(work), update)
+        verification = None if samples is None else Verification(samples, _encode(classifier, samples)[0], reference)
         artifacts = Artifacts(classifier, Path(work), steps)
         records = []
         for target, precision in plan:
@@ -260,6 +267,12 @@ def convert(
         if r.path is not None:
             r.path = out / r.path.name
     return ConversionResult(out, classifier.spec.name, records, pass_records, out / "report.html", report)
+
+
+def _encode(classifier: Classifier, samples: Samples) -> tuple[list, Encoder]:
+    """Samples encoded the way ``classifier``'s bundle will encode them (its own tokenizer)."""
+    encoder = encoder_for(classifier.spec, _tokenizer_folder(classifier))
+    return encoder.encode(samples.items), encoder
 
 
 def _tokenizer_folder(classifier: Classifier) -> Path:

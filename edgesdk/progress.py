@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -18,11 +18,12 @@ class Steps:
         self.console = Console(stderr=True, quiet=quiet, highlight=False)
 
     @contextmanager
-    def step(self, what: str) -> Iterator[None]:
+    def step(self, what: str) -> Iterator[Callable[[str], None]]:
+        """Yields ``update(detail)``, which shows live progress beside the step's name."""
         start = time.perf_counter()
-        with self.console.status(what):
+        with self.console.status(what) as status:
             try:
-                yield
+                yield lambda detail: status.update(f"{what}: {detail}")
             except BaseException:
                 self.console.print(f"[red]✗[/] {what} ({time.perf_counter() - start:.1f} s)")
                 raise

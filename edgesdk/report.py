@@ -46,20 +46,48 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _diff_histogram(name: str, reference: np.ndarray, logits: np.ndarray) -> str:
+def _figure(width: float = 5, height: float = 3):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=(width, height))
+
+
+def _diff_histogram(name: str, reference: np.ndarray, logits: np.ndarray) -> str:
     diff = np.abs(reference.astype(np.float64) - logits).max(1)
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = _figure()
     floor = 1e-9
     ax.hist(np.log10(np.maximum(diff, floor)), bins=40, color="#3b6ea8")
     ax.set_xlabel("log10 max |logit diff| per sample")
     ax.set_ylabel("samples")
     ax.set_title(f"{name}: PyTorch vs runtime")
     return _png(fig)
+
+
+def _corpus_curve(name: str, heldout: dict[str, Any]) -> str:
+    """Held-out texts tokenized exactly as before, against the share of the corpus used."""
+    fractions, shares = zip(*heldout["curve"])
+    fig, ax = _figure()
+    ax.plot(fractions, shares, marker="o", color="#3b6ea8")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("fraction of the corpus used for pruning")
+    ax.set_ylabel("held-out texts tokenized exactly")
+    ax.set_title(f"{name}: vocabulary pruning")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _pass_item(record: dict[str, Any]) -> str:
+    e = html.escape
+    figures = {k: v for k, v in record.items() if k not in ("name", "changed", "heldout")}
+    if "heldout" in record:
+        figures.update({f"heldout_{k}": v for k, v in record["heldout"].items() if k != "curve"})
+    cells = "".join(f"<tr><td class=l>{e(k)}</td><td class=l>{e(_fmt(v))}</td></tr>" for k, v in figures.items())
+    return (f"<li><code>{e(record['name'])}</code>: {'changed' if record.get('changed') else 'no change'}"
+            f"<table>{cells}</table></li>")
 
 
 def _section(model: dict[str, Any]) -> str:
@@ -79,13 +107,9 @@ def _section(model: dict[str, Any]) -> str:
             f"<td>{_fmt(lat.get('p50'))}</td><td>{_fmt(lat.get('p90'))}</td>"
             f"<td class='l {e(b['status'])}'>{e(b['status'])}</td><td class=l>{e(b['reason'])}</td></tr>"
         )
-    passes = "".join(
-        f"<li><code>{e(r['name'])}</code>: {'changed' if r.get('changed') else 'no change'} "
-        f"{e(json.dumps({k: v for k, v in r.items() if k not in ('name', 'changed')}))}</li>"
-        for r in model["passes"]
-    ) or "<li>none</li>"
+    passes = "".join(_pass_item(r) for r in model["passes"]) or "<li>none</li>"
     plots = "".join(
-        f"<figure><img alt='{e(name)} logit differences' src='data:image/png;base64,{png}'></figure>"
+        f"<figure><img alt='{e(name)}' src='data:image/png;base64,{png}'></figure>"
         for name, png in model.get("plots", {}).items()
     )
     ver = model.get("verification") or {}
@@ -128,7 +152,10 @@ def write_report(folder: Path, spec: ModelSpec, records: list, passes: list[dict
                                  "accuracy_reference": acc}
     report = {"edgesdk": __version__, "models": [model]}
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    model["plots"] = {r.name: _diff_histogram(f"{spec.name} {r.name}", verification.reference, r.logits)
+    model["plots"] = {f"{r.name} logit differences": _diff_histogram(f"{spec.name} {r.name}",
+                                                                      verification.reference, r.logits)
                       for r in records if r.logits is not None}
+    model["plots"].update({f"{p['name']} corpus curve": _corpus_curve(spec.name, p["heldout"])
+                           for p in passes if "heldout" in p})
     (folder / "report.html").write_text(render_html([model]), encoding="utf-8")
     return model

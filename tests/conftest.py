@@ -58,6 +58,52 @@ def tiny_text_dir(tmp_path_factory) -> Path:
     return folder
 
 
+def _save_tiny(folder: Path, config, model_class, tokenizer_json: Path) -> Path:
+    torch.manual_seed(0)
+    model_class(config).eval().save_pretrained(folder)
+    shutil.copyfile(tokenizer_json, folder / "tokenizer.json")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_dir(tmp_path_factory) -> Path:
+    """A tiny random XLM-R classifier with multilingual-e5-small's real Unigram tokenizer (250,002 pieces)."""
+    import semantra_multilingual
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    config = XLMRobertaConfig(vocab_size=250002, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=32, max_position_embeddings=130, pad_token_id=1, bos_token_id=0,
+                              eos_token_id=2, num_labels=2, id2label={0: "no", 1: "yes"},
+                              label2id={"no": 0, "yes": 1}, architectures=["XLMRobertaForSequenceClassification"])
+    tokenizer = Path(semantra_multilingual.__file__).parent / "assets" / "multilingual-e5-small" / "tokenizer.json"
+    return _save_tiny(tmp_path_factory.mktemp("xlmr") / "tiny-xlmr", config, XLMRobertaForSequenceClassification,
+                      tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_dir(tmp_path_factory) -> Path:
+    """A tiny random RoBERTa classifier with a byte-level BPE tokenizer trained on chatterbot text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from edgesdk.demo import topic_lines
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator([t for t, _ in topic_lines()], trainers.BpeTrainer(
+        vocab_size=1500, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    folder = tmp_path_factory.mktemp("bpe")
+    tokenizer.save(str(folder / "bpe.json"))
+    config = RobertaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=32, max_position_embeddings=130,
+                           pad_token_id=1, num_labels=2, id2label={0: "no", 1: "yes"}, label2id={"no": 0, "yes": 1},
+                           architectures=["RobertaForSequenceClassification"])
+    return _save_tiny(folder / "tiny-roberta", config, RobertaForSequenceClassification, folder / "bpe.json")
+
+
 @pytest.fixture
 def text_tsv(tmp_path) -> Path:
     path = tmp_path / "val.tsv"
