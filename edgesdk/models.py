@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
-from .runtime.encode import Encoder, Row
+from .runtime.encode import Encoder, Row, TextEncoder, encoder_for
 from .spec import ImagePreprocessing, ModelSpec, TensorSpec, TextPreprocessing
 
 __all__ = ["Classifier", "TextClassifier", "ImageClassifier", "load_classifier", "load_weights"]
@@ -46,6 +46,15 @@ class Classifier:
     def with_model(self, model: nn.Module) -> Classifier:
         """The same classifier around a rewritten network."""
         return dataclasses.replace(self, model=model)
+
+    def encoder(self) -> Encoder:
+        """The encoder this classifier's bundles use."""
+        return encoder_for(self.spec, Path("."))
+
+    def logits(self, items: list) -> np.ndarray:
+        """PyTorch logits for raw samples, encoded as this classifier's bundles encode them."""
+        encoder = self.encoder()
+        return self.reference_logits(encoder.encode(items), encoder)
 
     @torch.inference_mode()
     def reference_logits(self, rows: list[Row], encoder: Encoder, batch_size: int = 32) -> np.ndarray:
@@ -89,6 +98,9 @@ class TextClassifier(Classifier):
 
     def graph(self) -> nn.Module:
         return _TextGraph(self.model)
+
+    def encoder(self) -> Encoder:
+        return TextEncoder(self.tokenizer_file, self.spec.preprocessing, [t.name for t in self.spec.inputs])
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         ids = torch.full((2, 8), 5, dtype=torch.long)

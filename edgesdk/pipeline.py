@@ -28,7 +28,7 @@ from .parity import ParityResult, Thresholds, compare, default_thresholds, skipp
 from .progress import Steps
 from .report import write_report
 from .runtime.bundle import Bundle
-from .runtime.encode import Encoder, encoder_for, row_digest
+from .runtime.encode import row_digest
 from .targets import TARGETS, Target
 
 __all__ = ["convert", "ConversionResult", "BundleRecord", "Verification", "REFERENCE_FILE"]
@@ -234,17 +234,18 @@ def convert(
         reference = measure = None
         if samples is not None:
             with steps.step(f"PyTorch reference on {len(samples)} samples"):
-                reference = model.reference_logits(*_encode(model, samples))
+                reference = model.logits(samples.items)
 
             def measure(c: Classifier) -> dict[str, float]:
-                logits = c.reference_logits(*_encode(c, samples))
+                logits = c.logits(samples.items)
                 diff = np.abs(logits - reference)
                 return {"max_abs_diff": float(diff.max()), "max_abs_logit": float(np.abs(reference).max()),
                         "agreement": float((logits.argmax(1) == reference.argmax(1)).mean())}
 
         with steps.step(f"passes on {model.spec.name}: {', '.join(pass_names) or 'none'}") as update:
             classifier, pass_records = run_passes(model, pass_names, measure, options, Path(work), update)
-        verification = None if samples is None else Verification(samples, _encode(classifier, samples)[0], reference)
+        verification = None if samples is None else Verification(samples, classifier.encoder().encode(samples.items),
+                                                                  reference)
         artifacts = Artifacts(classifier, Path(work), steps)
         records = []
         for target, precision in plan:
@@ -267,13 +268,3 @@ def convert(
         if r.path is not None:
             r.path = out / r.path.name
     return ConversionResult(out, classifier.spec.name, records, pass_records, out / "report.html", report)
-
-
-def _encode(classifier: Classifier, samples: Samples) -> tuple[list, Encoder]:
-    """Samples encoded the way ``classifier``'s bundle will encode them (its own tokenizer)."""
-    encoder = encoder_for(classifier.spec, _tokenizer_folder(classifier))
-    return encoder.encode(samples.items), encoder
-
-
-def _tokenizer_folder(classifier: Classifier) -> Path:
-    return classifier.tokenizer_file.parent if isinstance(classifier, TextClassifier) else Path(".")

@@ -56,7 +56,7 @@ def verify_bundle(
     if model is not None:
         from .models import load_classifier
 
-        reference = load_classifier(model, weights).reference_logits(rows, bundle.encoder)
+        reference = load_classifier(model, weights).logits(samples.items)  # encoded by the model's own tokenizer
     else:
         reference = _stored_reference(bundle, rows, Path(data))
     if thresholds is None:
