@@ -43,11 +43,14 @@ def export_onnx(classifier, path: Path) -> Path:
 
 
 def _strip_run_dependent(model) -> None:
-    """Drop doc strings and stack-trace metadata (file paths) so bundles are reproducible."""
+    """Drop doc strings and stack traces (file paths) so bundles are reproducible.
+
+    Each node keeps its module path (``pkg.torch.onnx.name_scopes``) to name layers in reports.
+    """
     model.doc_string = ""
     model.graph.doc_string = ""
     for node in model.graph.node:
         node.doc_string = ""
-        keep = [p for p in node.metadata_props if not p.key.startswith("pkg.torch")]
+        keep = [p for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"]
         del node.metadata_props[:]
         node.metadata_props.extend(keep)

@@ -61,7 +61,9 @@ def _convert(args: argparse.Namespace) -> int:
     result = convert(classifier, args.out, _csv(args.targets), precisions, args.verify_on,
                      passes=_csv(args.passes) if args.passes is not None else None,
                      thresholds=thresholds, overwrite=args.overwrite, quiet=args.quiet,
-                     corpus=args.corpus, pass_options={"prune_vocabulary": prune} if prune else None)
+                     corpus=args.corpus, pass_options={"prune_vocabulary": prune} if prune else None,
+                     calibration=args.calibration, range_method=args.range_method,
+                     calibration_samples=args.calibration_samples)
     _print_records(result.bundles)
     print(f"report: {result.report_path}")
     return 0 if result.ok else 1
@@ -130,6 +132,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     c.add_argument("--quiet", action="store_true", help="no progress output")
     _add_thresholds(c)
+    q = c.add_argument_group("int8 calibration (for --precisions ...,int8)")
+    q.add_argument("--calibration", metavar="FILE", help="calibration samples (same formats as --verify-on)")
+    q.add_argument("--range-method", default="mse", help="mse (default), minmax, percentile or entropy")
+    q.add_argument("--calibration-samples", type=int, default=300, help="samples used (default 300)")
     v = c.add_argument_group("vocabulary pruning (text; on when --corpus is given)")
     v.add_argument("--corpus", nargs="+", metavar="FILE", help="unlabeled text files, one document per line (.gz ok)")
     v.add_argument("--heldout", metavar="FILE", help="held-out texts: report how many still tokenize exactly")
@@ -154,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train two small classifiers offline and convert them")
     d.add_argument("--out", default="demo-out")
     d.add_argument("--targets", default="onnx")
-    d.add_argument("--precisions", default="fp32")
+    d.add_argument("--precisions", default="fp32,int8")
     d.add_argument("--overwrite", action="store_true")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_demo)

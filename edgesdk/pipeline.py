@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +20,7 @@ import numpy as np
 
 from . import __version__
 from .bundle import staged_output, write_arrays, write_manifest
+from .calibration import MIN_SAMPLES, RANGE_METHODS, Budget, Calibration, calibrate
 from .converters import PASSES, run_passes
 from .data import Samples, read_samples
 from .errors import EdgeSDKError, InputError
@@ -95,17 +96,30 @@ class Verification:
         return np.frombuffer(b"".join(row_digest(r) for r in self.rows), dtype=np.uint8).reshape(-1, 32)
 
 
-class Artifacts:
-    """Intermediate files shared by targets (the float ONNX export is made once)."""
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """Calibration samples and how to turn them into int8 (range method, budget)."""
 
-    def __init__(self, classifier: Classifier, workdir: Path, steps: Steps) -> None:
+    samples: Samples
+    method: str
+    budget: Budget
+
+
+class Artifacts:
+    """Intermediate files shared by targets: the float ONNX export and the int8 calibration
+    are each made once, and every target's bundle is built from them."""
+
+    def __init__(self, classifier: Classifier, workdir: Path, steps: Steps,
+                 calibration: CalibrationPlan | None = None) -> None:
         from .converters.export import ONNX_OPSET
 
         self.classifier = classifier
         self.workdir = workdir
         self.steps = steps
         self.onnx_opset = ONNX_OPSET
+        self.plan = calibration
         self._onnx: Path | None = None
+        self._calibration: Calibration | None = None
 
     def onnx_fp32(self) -> Path:
         if self._onnx is None:
@@ -114,6 +128,19 @@ class Artifacts:
             with self.steps.step("export to ONNX (torch.export)"):
                 self._onnx = export_onnx(self.classifier, self.workdir / "model.fp32.onnx")
         return self._onnx
+
+    def calibration(self) -> Calibration:
+        """edgesdk's int8 calibration of the float ONNX model (QDQ model, ranges, float layers)."""
+        if self._calibration is None:
+            if self.plan is None:
+                raise InputError("int8 needs calibration data: pass calibration= / --calibration FILE")
+            onnx_fp32 = self.onnx_fp32()
+            plan = self.plan
+            with self.steps.step(f"int8 calibration ({plan.method}) on {len(plan.samples)} samples") as update:
+                rows = self.classifier.encoder().encode(plan.samples.items)
+                self._calibration = calibrate(onnx_fp32, rows, plan.samples.labels, self.classifier.encoder(),
+                                              self.workdir / "calibration", plan.method, plan.budget, update)
+        return self._calibration
 
 
 def _versions(target: type[Target]) -> dict[str, str | None]:
@@ -179,6 +206,10 @@ def _build_one(target: Target, precision: str, classifier: Classifier, artifacts
     else:
         logits = bundle.run_rows(verification.rows)["logits"]
         record.parity = compare(verification.reference, logits, thresholds, verification.samples.labels)
+        if notes.get("calibration", {}).get("met_budget") is False:
+            record.parity = replace(record.parity, status="fail", reason=(
+                "the int8 budget was not met on held-aside calibration data even with every layer in float; "
+                f"this is the best configuration found ({record.parity.reason})"))
         record.logits = logits
         record.latency_ms = _latency(bundle, verification.rows)
     record.status, record.reason = record.parity.status, record.parity.reason
@@ -212,16 +243,22 @@ def convert(
     quiet: bool = False,
     corpus: list[str | Path] | None = None,
     pass_options: dict[str, dict[str, Any]] | None = None,
+    calibration: str | Path | None = None,
+    range_method: str = "mse",
+    calibration_samples: int = 300,
 ) -> ConversionResult:
     """Convert ``model`` into one verified bundle per target x precision under ``out``.
 
     ``passes`` defaults to every registered pass that applies; ``corpus`` (text files, one
     document per line) turns on vocabulary pruning; ``pass_options`` maps a pass name to
     its keyword arguments; ``thresholds`` maps a precision to its parity thresholds.
+    int8 bundles are calibrated on the first ``calibration_samples`` of ``calibration``
+    (same formats as ``verify_on``) with ``range_method``; the int8 thresholds are also
+    the budget the float fallbacks are chosen for.
     """
     if not isinstance(model, Classifier):
         raise InputError(f"convert() takes an edgesdk TextClassifier or ImageClassifier, not {type(model).__name__}")
-    plan = _plan(list(targets), list(precisions))
+    bundles = _plan(list(targets), list(precisions))
     pass_names = list(PASSES.names()) if passes is None else list(passes)
     options = {name: dict(kwargs) for name, kwargs in (pass_options or {}).items()}
     if corpus:
@@ -229,6 +266,8 @@ def convert(
     for name in [*pass_names, *options]:
         PASSES.get(name)(**options.get(name, {}))  # unknown names and bad options fail before any work
     samples = read_samples(verify_on, model.spec) if verify_on is not None else None
+    plan = _calibration_plan(model, [p for _, p in bundles], calibration, range_method, calibration_samples,
+                             (thresholds or {}).get("int8") or default_thresholds("int8"))
     steps = Steps(quiet)
     with staged_output(out, overwrite) as staging, tempfile.TemporaryDirectory(prefix="edgesdk-work-") as work:
         reference = measure = None
@@ -246,9 +285,9 @@ def convert(
             classifier, pass_records = run_passes(model, pass_names, measure, options, Path(work), update)
         verification = None if samples is None else Verification(samples, classifier.encoder().encode(samples.items),
                                                                   reference)
-        artifacts = Artifacts(classifier, Path(work), steps)
+        artifacts = Artifacts(classifier, Path(work), steps, plan)
         records = []
-        for target, precision in plan:
+        for target, precision in bundles:
             thr = (thresholds or {}).get(precision) or default_thresholds(precision)
             folder = staging / f"{target.name}-{precision}"
             try:
@@ -268,3 +307,23 @@ def convert(
         if r.path is not None:
             r.path = out / r.path.name
     return ConversionResult(out, classifier.spec.name, records, pass_records, out / "report.html", report)
+
+
+def _calibration_plan(model: Classifier, precisions: list[str], path: str | Path | None, method: str, count: int,
+                      int8: Thresholds) -> CalibrationPlan | None:
+    """Check the calibration inputs before any work; None when no int8 bundle is asked for."""
+    RANGE_METHODS.get(method)
+    if "int8" not in precisions:
+        return None
+    if path is None:
+        raise InputError("int8 bundles need calibration data: pass --calibration FILE (a few hundred samples of "
+                         "the same kind as --verify-on; labels optional)")
+    if count < MIN_SAMPLES:
+        raise InputError(f"calibration_samples must be at least {MIN_SAMPLES}, not {count}")
+    samples = read_samples(path, model.spec)
+    if len(samples) < MIN_SAMPLES:
+        raise InputError(f"{path} holds {len(samples)} samples; int8 calibration needs at least {MIN_SAMPLES} "
+                         "(a few hundred is typical)")
+    n = min(count, len(samples))
+    return CalibrationPlan(Samples(samples.items[:n], samples.labels[:n], samples.source), method,
+                           Budget(int8.min_agreement, int8.max_accuracy_drop or 0.0))

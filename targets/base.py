@@ -6,6 +6,7 @@ Target modules import only numpy and their runtime at import time (torch lazily 
 
 from __future__ import annotations
 
+import json
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,7 +15,9 @@ from edgesdk.registry import Registry
 from edgesdk.runtime.runner import Runner
 from edgesdk.spec import ModelSpec
 
-__all__ = ["Target", "TARGETS"]
+__all__ = ["Target", "TARGETS", "RANGES_FILE"]
+
+RANGES_FILE = "ranges.json"
 
 
 class Target:
@@ -31,6 +34,13 @@ class Target:
     def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
         """Write the model file into ``folder``; returns notes for the manifest."""
         raise NotImplementedError
+
+    @staticmethod
+    def write_ranges(calibration: Any, folder: Path) -> dict[str, Any]:
+        """Put the calibration's portable ranges in an int8 bundle; returns manifest notes."""
+        text = json.dumps(calibration.ranges, indent=2, sort_keys=True) + "\n"
+        (folder / RANGES_FILE).write_text(text, encoding="utf-8")
+        return {"ranges_file": RANGES_FILE, "calibration": calibration.summary()}
 
     def parity_skip_reason(self) -> str | None:
         """Why parity cannot run on this machine, or None when it can."""
