@@ -5,7 +5,7 @@ use) is exported once; each configuration quantizes that ONNX model from the sam
 calibration sentences (SST-2 train lines the classifier was not trained on), in its own
 process so its peak memory is its own. Accuracy and top-1 agreement with fp32 are measured
 on SST-2 dev sentences; latency at batch 1, sequence 128, 2 threads is measured in this
-process for all models side by side (interleaved rounds).
+process for all models side by side (rounds that alternate the models).
 
 Usage: python bench/int8.py [--dev N] [--rounds N]    Writes bench/results/int8.json.
 """
@@ -88,31 +88,32 @@ def quantize(config: str, fp32: Path, out: Path) -> dict[str, float]:
 
 
 def _latency_ms(models: dict[str, Path], rounds: int) -> dict[str, float]:
+    """Median batch-1 latency per model; rounds alternate the models, and only one session
+    exists at a time (onnxruntime's default spinning threads would fight each other)."""
     import onnxruntime as ort
 
     rng = np.random.default_rng(0)
     feeds = {"input_ids": rng.integers(1000, 20000, (1, 128)).astype(np.int64),
              "attention_mask": np.ones((1, 128), np.int64), "token_type_ids": np.zeros((1, 128), np.int64)}
-    sessions = {}
-    for name, path in models.items():
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
-        sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        for _ in range(5):
-            sessions[name].run(None, feeds)
     times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):  # interleaved, so machine noise hits every model alike
-        for name, session in sessions.items():
-            start = time.perf_counter()
-            session.run(None, feeds)
-            times[name].append((time.perf_counter() - start) * 1000)
+    for _ in range(rounds):
+        for name, path in models.items():
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            for i in range(25):
+                start = time.perf_counter()
+                session.run(None, feeds)
+                if i >= 5:
+                    times[name].append((time.perf_counter() - start) * 1000)
+            del session
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dev", type=int, default=2000, help="SST-2 dev sentences for accuracy")
-    parser.add_argument("--rounds", type=int, default=60, help="latency rounds per model")
+    parser.add_argument("--rounds", type=int, default=4, help="latency rounds (20 timed runs per model each)")
     parser.add_argument("--one", nargs=3, metavar=("CONFIG", "FP32", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:

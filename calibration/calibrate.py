@@ -51,6 +51,19 @@ class Calibration:
     sensitivity: list[dict[str, Any]]
     met_budget: bool
     figures: dict[str, Any] = field(default_factory=dict)
+    fp32: Path | None = None
+
+    def write_model(self, out: Path, symmetric: bool = False) -> Path:
+        """Write the int8 model again from the same ranges and float layers (``symmetric``:
+        int8 activations with zero point 0, for TensorRT)."""
+        import onnx
+
+        ranges = {name: (r["lo"], r["hi"]) for name, r in self.ranges["activations"].items()}
+        fp32_model = onnx.load(str(self.fp32))
+        quantized = [n.node for n in quantizable_nodes(fp32_model)]
+        int8, _ = quantize_all(self.fp32, ranges, quantized, symmetric)
+        onnx.save_model(with_float_nodes(int8, fp32_model, {f["node"] for f in self.float_layers}), str(out))
+        return out
 
     def summary(self) -> dict[str, Any]:
         """What the manifest and report say about this calibration."""
@@ -192,6 +205,7 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
     onnx.save_model(final, str(out))
     quantized = [n for n in nodes if n.node not in float_nodes]
     return Calibration(
+        fp32=fp32,
         model=out,
         ranges={
             "format": "edgesdk-int8-ranges",

@@ -89,9 +89,13 @@ def _quantize_embeddings(model) -> list[str]:
     return done
 
 
-def quantize_all(fp32: Path, ranges: dict[str, tuple[float, float]], nodes: list[str]):
+def quantize_all(fp32: Path, ranges: dict[str, tuple[float, float]], nodes: list[str], symmetric: bool = False):
     """The QDQ model (onnx.ModelProto) of ``fp32`` with every one of ``nodes`` quantized and
-    int8 embedding tables; returns it and the names of those tables."""
+    int8 embedding tables; returns it and the names of those tables.
+
+    Activations are uint8 over [lo, hi], or with ``symmetric`` int8 over [-m, m] with zero
+    point 0 (m = max(|lo|, |hi|)), the only form TensorRT accepts.
+    """
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import QuantType, load_model_with_shape_infer
@@ -101,9 +105,10 @@ def quantize_all(fp32: Path, ranges: dict[str, tuple[float, float]], nodes: list
         name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
         for name, (lo, hi) in sorted(ranges.items())
     })
-    options = {"ActivationSymmetric": False, "WeightSymmetric": True,
+    options = {"ActivationSymmetric": symmetric, "WeightSymmetric": True,
                "OpTypesToExcludeOutputQuantization": list(QUANT_OPS)}  # outputs stay float (bias add, GELU...)
-    quantizer = QDQQuantizer(model, True, False, QuantType.QInt8, QuantType.QUInt8, data, list(nodes), [],
+    activation_type = QuantType.QInt8 if symmetric else QuantType.QUInt8
+    quantizer = QDQQuantizer(model, True, False, QuantType.QInt8, activation_type, data, list(nodes), [],
                              list(QUANT_OPS), options)
     quantizer.quantize_model()
     model = quantizer.model.model

@@ -159,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train two small classifiers offline and convert them")
     d.add_argument("--out", default="demo-out")
-    d.add_argument("--targets", default="onnx")
+    d.add_argument("--targets", default="onnx,tflite,openvino,tensorrt")
     d.add_argument("--precisions", default="fp32,int8")
     d.add_argument("--overwrite", action="store_true")
     d.add_argument("--quiet", action="store_true")

@@ -29,6 +29,7 @@ TOPICS = ("food", "literature", "money", "movies", "science", "sports")
 OTHER_TOPICS = ("conversations", "greetings", "humor", "emotion")
 SEED = 0
 CALIBRATION = 300  # calibration samples for int8, taken from the training split
+DEMO_TARGETS = ("onnx", "tflite", "openvino", "tensorrt")
 
 
 def _split(key: str) -> bool:
@@ -166,7 +167,7 @@ def train_digits(weights: Path, epochs: int = 8) -> tuple[np.ndarray, ...]:
     return images[~val], labels[~val], images[val], labels[val]
 
 
-def run_demo(out: str | Path, targets: tuple[str, ...] = ("onnx",), precisions: tuple[str, ...] = ("fp32", "int8"),
+def run_demo(out: str | Path, targets: tuple[str, ...] = DEMO_TARGETS, precisions: tuple[str, ...] = ("fp32", "int8"),
              overwrite: bool = False, quiet: bool = False) -> list[ConversionResult]:
     """Train both models, write their data, convert them into ``out``; returns both results."""
     from .bundle import staged_output

@@ -1,0 +1,63 @@
+"""OpenVINO target: IR (model.xml + model.bin) from the ONNX graph, run on OpenVINO's CPU plugin.
+
+fp32 converts the float ONNX export with ``openvino.convert_model`` and keeps dynamic
+shapes; inference runs with ``INFERENCE_PRECISION_HINT=f32`` so the CPU plugin does not
+drop to bf16 or f16 on CPUs that have them. int8 converts edgesdk's QDQ model (the same
+calibration as every other target): OpenVINO turns each Q/DQ pair into a FakeQuantize and
+runs the quantized MatMuls and convolutions in int8; layers the calibration kept in float
+stay float.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgesdk.runtime.runner import Runner, import_runtime
+
+from .base import TARGETS, Target
+
+__all__ = ["OpenVinoTarget", "OpenVinoRunner"]
+
+
+class OpenVinoRunner(Runner):
+    """Runs an OpenVINO IR on the CPU plugin in fp32 inference precision."""
+
+    def activate(self) -> None:
+        ov = import_runtime("openvino", "openvino")
+        compiled = ov.Core().compile_model(str(self.model_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        self.request = compiled.create_infer_request()
+        self.outputs = {o.get_any_name(): o for o in compiled.outputs}
+
+    def deactivate(self) -> None:
+        self.request = None
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self.request.infer(feeds)
+        return {name: np.array(result[port]) for name, port in self.outputs.items()}
+
+
+@TARGETS.register("openvino")
+class OpenVinoTarget(Target):
+    name = "openvino"
+    runtime = "openvino"
+    extra = "openvino"
+    distribution = "openvino"
+    precisions = ("fp32", "int8")
+    model_file = "model.xml"
+    runner_class = OpenVinoRunner
+
+    def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
+        ov = import_runtime("openvino", self.extra)
+        notes: dict[str, Any] = {"converter": "openvino.convert_model from the ONNX export"}
+        if precision == "fp32":
+            source = artifacts.onnx_fp32()
+        else:
+            calibration = artifacts.calibration()
+            source = calibration.model
+            notes.update(int8="edgesdk's QDQ model: FakeQuantize on uint8 activations, int8 per-channel weights, "
+                              "int8 embedding rows", **self.write_ranges(calibration, folder))
+        ov.save_model(ov.convert_model(str(source)), str(folder / self.model_file), compress_to_fp16=False)
+        return notes
