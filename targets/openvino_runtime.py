@@ -10,6 +10,7 @@ stay float.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from edgesdk.runtime.runner import Runner, import_runtime
 from .base import TARGETS, Target
 
 __all__ = ["OpenVinoTarget", "OpenVinoRunner"]
+
+_GENERATED = re.compile(r"[A-Za-z]+_\d+")
 
 
 class OpenVinoRunner(Runner):
@@ -59,5 +62,15 @@ class OpenVinoTarget(Target):
             source = calibration.model
             notes.update(int8="edgesdk's QDQ model: FakeQuantize on uint8 activations, int8 per-channel weights, "
                               "int8 embedding rows", **self.write_ranges(calibration, folder))
-        ov.save_model(ov.convert_model(str(source)), str(folder / self.model_file), compress_to_fp16=False)
+        model = ov.convert_model(str(source))
+        _stable_names(model)
+        ov.save_model(model, str(folder / self.model_file), compress_to_fp16=False)
         return notes
+
+
+def _stable_names(model: Any) -> None:
+    """Rename OpenVINO's generated layer names (``Constant_6713``: a process-wide counter) by
+    position, so the same model gives the same model.xml in any process."""
+    for index, op in enumerate(model.get_ordered_ops()):
+        if _GENERATED.fullmatch(op.get_friendly_name()):
+            op.set_friendly_name(f"{op.get_type_name()}_{index}")

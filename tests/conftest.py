@@ -14,23 +14,28 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, block_torch: bool = False, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``edgesdk`` in a fresh process (optionally with ``import torch`` failing)."""
+def run_cli(*args: str, block_torch: bool = False, block: tuple[str, ...] = (),
+            timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``edgesdk`` in a fresh process, optionally with imports of torch or ``block`` failing."""
     code = "import sys; from edgesdk.cli import main; sys.exit(main(sys.argv[1:]))"
-    if block_torch:
-        code = BLOCK_TORCH + code
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    blocked = ("torch",) * block_torch + block
+    return subprocess.run([sys.executable, "-c", (block_imports(*blocked) if blocked else "") + code, *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-BLOCK_TORCH = (
-    "import sys, importlib.abc\n"
-    "class _NoTorch(importlib.abc.MetaPathFinder):\n"
-    "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name == 'torch' or name.startswith('torch.'):\n"
-    "            raise ImportError('torch is blocked in this test')\n"
-    "sys.meta_path.insert(0, _NoTorch())\n"
-)
+def block_imports(*modules: str) -> str:
+    """Python source that makes importing ``modules`` (and their submodules) fail."""
+    return (
+        "import sys, importlib.abc\n"
+        "class _Blocked(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {set(modules)!r}:\n"
+        "            raise ImportError(f'{name} is blocked in this test')\n"
+        "sys.meta_path.insert(0, _Blocked())\n"
+    )
+
+
+BLOCK_TORCH = block_imports("torch")
 
 
 @pytest.fixture(scope="session")

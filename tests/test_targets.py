@@ -1,0 +1,61 @@
+"""Targets beyond ONNX Runtime: what each bundle holds, fixed shapes, missing runtimes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from conftest import run_cli
+from onnx import numpy_helper
+
+from edgesdk.runtime import load_bundle
+
+
+def test_tensorrt_bundles_carry_their_builder_and_symmetric_int8(demo_out):
+    for precision in ("fp32", "int8"):
+        folder = demo_out / "text" / f"tensorrt-{precision}"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert {"model.onnx", "build_engine.py", "manifest.json"} <= {p.name for p in folder.iterdir()}
+        assert manifest["parity"]["status"] == "skipped" and "tensorrt" in manifest["parity"]["reason"]
+        compile((folder / "build_engine.py").read_text(), "build_engine.py", "exec")
+    model = onnx.load(str(demo_out / "text" / "tensorrt-int8" / "model.onnx"))
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    points = [constants[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert points and all(p.dtype == np.int8 and not p.any() for p in points)  # TensorRT: int8, zero point 0
+
+
+def test_tflite_and_openvino_bundles_say_what_is_int8(demo_out):
+    tflite = json.loads((demo_out / "text" / "tflite-int8" / "manifest.json").read_text())["build"]
+    assert tflite["fixed_inputs"]["input_ids"][0] == 1 and tflite["recipes_tried"]
+    assert "int8" in tflite["int8"] and "run time" in tflite["activation_ranges"]
+    openvino = json.loads((demo_out / "image" / "openvino-int8" / "manifest.json").read_text())["build"]
+    assert "QDQ" in openvino["int8"] and openvino["calibration"]["met_budget"]
+    sizes = {p: (demo_out / "text" / f"tflite-{p}" / "model.tflite").stat().st_size for p in ("fp32", "int8")}
+    assert sizes["int8"] < 0.4 * sizes["fp32"]
+
+
+def test_fixed_shape_tflite_takes_any_image_size_and_long_text(demo_out):
+    image = load_bundle(demo_out / "image" / "tflite-fp32")
+    reference = load_bundle(demo_out / "image" / "onnx-fp32")
+    rng = np.random.default_rng(0)
+    for size in ((8, 8), (21, 13), (40, 40)):
+        pixels = rng.integers(0, 256, (*size, 1), dtype=np.uint8)
+        a, b = image.classify([pixels])[0], reference.classify([pixels])[0]
+        assert a.label == b.label and abs(a.probabilities[a.label] - b.probabilities[b.label]) < 1e-4
+    text = load_bundle(demo_out / "text" / "tflite-fp32")
+    onnx_text = load_bundle(demo_out / "text" / "onnx-fp32")
+    long_line = "tell me about the stock market and interest rates " * 40  # longer than max_length
+    assert text.classify([long_line])[0].label == onnx_text.classify([long_line])[0].label
+
+
+def test_a_missing_runtime_names_its_extra_and_other_targets_still_build(demo_out, tmp_path):
+    weights = demo_out / "models" / "digits-cnn.safetensors"
+    r = run_cli("convert", "--model", "edgesdk.demo:digits_classifier", "--weights", str(weights),
+                "--out", str(tmp_path / "dist"), "--targets", "onnx,openvino", "--quiet", block=("openvino",))
+    assert r.returncode == 1, r.stderr
+    assert "openvino-fp32    error    the openvino runtime is not installed: pip install 'edgesdk[openvino]'" \
+        in r.stdout
+    assert "onnx-fp32        skipped" in r.stdout  # built; no verification data was given
+    assert (tmp_path / "dist" / "onnx-fp32" / "model.onnx").is_file()
+    assert not (tmp_path / "dist" / "openvino-fp32").exists()
