@@ -22,7 +22,7 @@ import numpy as np
 from .errors import InputError
 from .runtime.bundle import MANIFEST, SCHEMA_VERSION, file_sha256
 
-__all__ = ["write_manifest", "write_arrays", "staged_output"]
+__all__ = ["write_manifest", "write_arrays", "write_npz", "staged_output"]
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -41,6 +41,18 @@ def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     from safetensors.numpy import save_file
 
     save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path))
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Save arrays as an .npz any numpy reads (``allow_pickle=False``), byte-reproducible:
+    ``np.savez`` stamps each member with the current time, this writes a fixed one."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, value in arrays.items():
+            with z.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(value), allow_pickle=False)
     os.chmod(path, 0o666 & ~_umask())
 
 

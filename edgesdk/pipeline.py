@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .bundle import staged_output, write_arrays, write_manifest
+from .bundle import staged_output, write_arrays, write_manifest, write_npz
 from .calibration import MIN_SAMPLES, RANGE_METHODS, Budget, Calibration, calibrate
 from .converters import PASSES, run_passes
 from .data import Samples, read_samples
@@ -28,6 +28,7 @@ from .models import Classifier, TextClassifier
 from .parity import ParityResult, Thresholds, compare, default_thresholds, skipped
 from .progress import Steps
 from .report import write_report
+from .robustness import perturb
 from .runtime.bundle import Bundle
 from .runtime.encode import row_digest
 from .targets import TARGETS, Target
@@ -35,6 +36,7 @@ from .targets import TARGETS, Target
 __all__ = ["convert", "ConversionResult", "BundleRecord", "Verification", "REFERENCE_FILE"]
 
 REFERENCE_FILE = "reference.safetensors"
+GOLDEN_FILE = "golden.npz"
 
 
 @dataclass
@@ -51,6 +53,8 @@ class BundleRecord:
     bytes: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)
     logits: np.ndarray | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+    robustness: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,7 +66,22 @@ class BundleRecord:
             "bytes": self.bytes,
             "latency_ms": self.latency_ms,
             "parity": self.parity.to_dict() if self.parity else None,
+            "int8": _int8_summary(self.notes),
+            "robustness": self.robustness,
         }
+
+
+def _int8_summary(notes: dict[str, Any]) -> dict[str, Any] | None:
+    """What is int8 in a bundle and which layers stayed float, for the report."""
+    if "int8" not in notes:
+        return None
+    calibration = notes.get("calibration", {})
+    return {"what": notes["int8"], "method": calibration.get("method"),
+            "quantized_layers": calibration.get("quantized_layers"),
+            "quantizable_layers": calibration.get("quantizable_layers"),
+            "float_layers": [{k: f[k] for k in ("layer", "agreement", "mean_abs_diff")}
+                             for f in calibration.get("float_layers", [])],
+            "recipes_tried": notes.get("recipes_tried")}
 
 
 @dataclass
@@ -84,11 +103,13 @@ class ConversionResult:
 
 @dataclass
 class Verification:
-    """Encoded verification samples and PyTorch's logits for them."""
+    """Encoded verification samples and PyTorch's logits for them, and the same for each
+    small perturbation of them (``edgesdk.robustness``)."""
 
     samples: Samples
     rows: list
     reference: np.ndarray
+    perturbed: dict[str, tuple[list, np.ndarray]] = field(default_factory=dict)
 
     @cached_property
     def digests(self) -> np.ndarray:
@@ -197,7 +218,7 @@ def _build_one(target: Target, precision: str, classifier: Classifier, artifacts
     write_manifest(folder, {**manifest, "parity": skipped("pending", thresholds).to_dict()})
     bundle = Bundle.open(folder)
     record = BundleRecord(name, target.name, precision, "skipped", "", path=folder,
-                          bytes=sum(p.stat().st_size for p in folder.iterdir()))
+                          bytes=sum(p.stat().st_size for p in folder.iterdir()), notes=notes)
     reason = target.parity_skip_reason()
     if verification is None:
         reason = "no verification data was given (pass verify_on / --verify-on)"
@@ -206,6 +227,8 @@ def _build_one(target: Target, precision: str, classifier: Classifier, artifacts
     else:
         logits = bundle.run_rows(verification.rows)["logits"]
         record.parity = compare(verification.reference, logits, thresholds, verification.samples.labels)
+        manifest["golden"] = _write_golden(folder, verification, logits, thresholds)
+        record.robustness = _robustness(bundle, verification, logits)
         if notes.get("calibration", {}).get("met_budget") is False:
             record.parity = replace(record.parity, status="fail", reason=(
                 "the int8 budget was not met on held-aside calibration data even with every layer in float; "
@@ -215,6 +238,33 @@ def _build_one(target: Target, precision: str, classifier: Classifier, artifacts
     record.status, record.reason = record.parity.status, record.parity.reason
     write_manifest(folder, {**manifest, "parity": record.parity.to_dict()})
     return record
+
+
+def _robustness(bundle: Bundle, verification: Verification, logits: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per perturbation: agreement with PyTorch, and how often each changed its answer."""
+    out = {}
+    for name, (rows, reference) in verification.perturbed.items():
+        moved = bundle.run_rows(rows)["logits"].argmax(1)
+        out[name] = {"agreement": float((moved == reference.argmax(1)).mean()),
+                     "pytorch_changed": float((reference.argmax(1) != verification.reference.argmax(1)).mean()),
+                     "bundle_changed": float((moved != logits.argmax(1)).mean())}
+    return out
+
+
+def _write_golden(folder: Path, verification: Verification, logits: np.ndarray, thresholds: Thresholds,
+                  count: int = 4) -> dict[str, Any]:
+    """Store a few verification inputs with PyTorch's logits for the loader's self-test.
+
+    The tolerance is the fp32 threshold, or twice the bundle's own distance from PyTorch on
+    these samples (int8), whichever is larger.
+    """
+    k = min(count, len(verification.rows))
+    arrays = {f"{i}/{name}": value for i in range(k) for name, value in verification.rows[i].items()}
+    reference = verification.reference[:k]
+    observed = float(np.abs(logits[:k] - reference).max())
+    write_npz(folder / GOLDEN_FILE, {"pytorch_logits": reference, "bundle_top1": logits[:k].argmax(1), **arrays})
+    return {"file": GOLDEN_FILE, "samples": k,
+            "tolerance": max(thresholds.max_abs_diff or 0.0, 2 * observed, 1e-5)}
 
 
 def _plan(targets: list[str], precisions: list[str]) -> list[tuple[Target, str]]:
@@ -272,8 +322,10 @@ def convert(
     with staged_output(out, overwrite) as staging, tempfile.TemporaryDirectory(prefix="edgesdk-work-") as work:
         reference = measure = None
         if samples is not None:
-            with steps.step(f"PyTorch reference on {len(samples)} samples"):
+            with steps.step(f"PyTorch reference on {len(samples)} samples and {model.spec.kind} perturbations"):
                 reference = model.logits(samples.items)
+                perturbed = {name: (items, model.logits(items)) for name, items in
+                             perturb(model.spec.kind, samples.items).items()}
 
             def measure(c: Classifier) -> dict[str, float]:
                 logits = c.logits(samples.items)
@@ -283,8 +335,11 @@ def convert(
 
         with steps.step(f"passes on {model.spec.name}: {', '.join(pass_names) or 'none'}") as update:
             classifier, pass_records = run_passes(model, pass_names, measure, options, Path(work), update)
-        verification = None if samples is None else Verification(samples, classifier.encoder().encode(samples.items),
-                                                                  reference)
+        verification = None
+        if samples is not None:
+            encoder = classifier.encoder()
+            encoded = {name: (encoder.encode(items), logits) for name, (items, logits) in perturbed.items()}
+            verification = Verification(samples, encoder.encode(samples.items), reference, encoded)
         artifacts = Artifacts(classifier, Path(work), steps, plan)
         records = []
         for target, precision in bundles:

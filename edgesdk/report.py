@@ -66,6 +66,120 @@ def _diff_histogram(name: str, reference: np.ndarray, logits: np.ndarray) -> str
     return _png(fig)
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def _calibration_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 10):
+    """Per confidence bin: mean confidence, accuracy, count; and the expected calibration error."""
+    confidence, correct = probs.max(1), (probs.argmax(1) == labels)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    rows = [(confidence[which == b].mean(), correct[which == b].mean(), int((which == b).sum()))
+            for b in range(bins) if (which == b).any()]
+    ece = sum(n * abs(acc - conf) for conf, acc, n in rows) / len(labels)
+    return rows, float(ece)
+
+
+def bundle_details(samples: Any, reference: np.ndarray, logits: np.ndarray, classes: list[str],
+                   limit: int = 8) -> dict[str, Any]:
+    """Figures a person checks per bundle: calibration (ECE), per-class agreement, disagreements."""
+    labels = samples.labels
+    known = labels >= 0
+    details: dict[str, Any] = {"per_class_agreement": {
+        c: float((logits.argmax(1)[reference.argmax(1) == i] == i).mean())
+        for i, c in enumerate(classes) if (reference.argmax(1) == i).any()}}
+    if known.any():
+        details["ece_reference"] = _calibration_bins(_softmax(reference[known]), labels[known])[1]
+        details["ece_bundle"] = _calibration_bins(_softmax(logits[known]), labels[known])[1]
+    flips = np.flatnonzero(reference.argmax(1) != logits.argmax(1))
+    worst = flips[np.argsort(-np.abs(reference[flips] - logits[flips]).max(1), kind="stable")][:limit]
+    ref_p, bun_p = _softmax(reference), _softmax(logits)
+    details["disagreements"] = [{
+        "index": int(i),
+        "pytorch": [classes[int(ref_p[i].argmax())], float(ref_p[i].max())],
+        "bundle": [classes[int(bun_p[i].argmax())], float(bun_p[i].max())],
+        "max_abs_diff": float(np.abs(reference[i] - logits[i]).max()),
+    } for i in worst]
+    return details
+
+
+def _reliability(name: str, samples: Any, reference: np.ndarray, logits: np.ndarray) -> str | None:
+    known = samples.labels >= 0
+    if not known.any():
+        return None
+    fig, ax = _figure(4.2, 3.2)
+    ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--")
+    for what, values, color in (("PyTorch", reference, "#3b6ea8"), ("bundle", logits, "#d0703c")):
+        rows, ece = _calibration_bins(_softmax(values[known]), samples.labels[known])
+        ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", color=color, label=f"{what} (ECE {ece:.3f})")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{name}: reliability")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _per_class(name: str, details: dict[str, Any]) -> str:
+    classes = list(details["per_class_agreement"])
+    fig, ax = _figure(max(4.0, 0.5 * len(classes)), 3)
+    ax.bar(range(len(classes)), [details["per_class_agreement"][c] for c in classes], color="#3b6ea8")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("top-1 agreement")
+    ax.set_title(f"{name}: per PyTorch class")
+    return _png(fig)
+
+
+def _thumbnail(image: np.ndarray) -> str:
+    from PIL import Image
+
+    pixels = image[..., 0] if image.shape[-1] == 1 else image
+    im = Image.fromarray(pixels)
+    im = im.resize((64, max(1, round(64 * im.height / im.width))), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return f"<img alt='sample' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
+
+
+def _disagreement_rows(details: dict[str, Any], samples: Any) -> str:
+    e = html.escape
+    rows = []
+    for d in details["disagreements"]:
+        item = samples.items[d["index"]]
+        shown = e(item[:160]) if isinstance(item, str) else _thumbnail(item)
+        rows.append(f"<tr><td class=l>{shown}</td><td class=l>{e(d['pytorch'][0])} ({d['pytorch'][1]:.2f})</td>"
+                    f"<td class=l>{e(d['bundle'][0])} ({d['bundle'][1]:.2f})</td><td>{d['max_abs_diff']:.3g}</td></tr>")
+    if not rows:
+        return "<p>No disagreements with PyTorch.</p>"
+    return ("<table><tr><th class=l>sample</th><th class=l>PyTorch</th><th class=l>bundle</th>"
+            f"<th>max |Δlogit|</th></tr>{''.join(rows)}</table>")
+
+
+def _robustness_table(robustness: dict[str, dict[str, float]]) -> str:
+    if not robustness:
+        return ""
+    rows = "".join(f"<tr><td class=l>{html.escape(name)}</td><td>{r['agreement']:.2%}</td>"
+                   f"<td>{r['pytorch_changed']:.2%}</td><td>{r['bundle_changed']:.2%}</td></tr>"
+                   for name, r in robustness.items())
+    return ("<table><tr><th class=l>perturbation</th><th>agreement with PyTorch</th>"
+            f"<th>PyTorch answers changed</th><th>bundle answers changed</th></tr>{rows}</table>")
+
+
+def _int8_table(int8: dict[str, Any] | None) -> str:
+    if not int8:
+        return ""
+    e = html.escape
+    layers = "".join(f"<tr><td class=l>{e(f['layer'])}</td><td>{f['agreement']:.2%}</td>"
+                     f"<td>{f['mean_abs_diff']:.3g}</td></tr>" for f in int8["float_layers"])
+    head = (f"<p>int8: {e(int8['what'])}. Range method <code>{e(str(int8['method']))}</code>; "
+            f"{int8['quantized_layers']} of {int8['quantizable_layers']} layers int8.</p>")
+    if not layers:
+        return head
+    return (head + "<table><tr><th class=l>kept in float</th><th>agreement when int8 alone</th>"
+            f"<th>mean |Δlogit| when int8 alone</th></tr>{layers}</table>")
+
+
 def _corpus_curve(name: str, heldout: dict[str, Any]) -> str:
     """Held-out texts tokenized exactly as before, against the share of the corpus used."""
     fractions, shares = zip(*heldout["curve"])
@@ -90,6 +204,12 @@ def _pass_item(record: dict[str, Any]) -> str:
             f"<table>{cells}</table></li>")
 
 
+def _figures(plots: dict[str, str]) -> str:
+    figures = "".join(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{png}'></figure>"
+                      for name, png in plots.items())
+    return f"<div class=plots>{figures}</div>" if figures else ""
+
+
 def _section(model: dict[str, Any]) -> str:
     e = html.escape
     rows = []
@@ -108,9 +228,10 @@ def _section(model: dict[str, Any]) -> str:
             f"<td class='l {e(b['status'])}'>{e(b['status'])}</td><td class=l>{e(b['reason'])}</td></tr>"
         )
     passes = "".join(_pass_item(r) for r in model["passes"]) or "<li>none</li>"
-    plots = "".join(
-        f"<figure><img alt='{e(name)}' src='data:image/png;base64,{png}'></figure>"
-        for name, png in model.get("plots", {}).items()
+    per_bundle = "".join(
+        f"<h3>{e(b['name'])}</h3>{_int8_table(b.get('int8'))}{_robustness_table(b.get('robustness', {}))}"
+        f"{_figures(b.get('plots', {}))}{b.get('disagreements_html', '')}"
+        for b in model["bundles"] if b.get("plots") or b.get("int8")
     )
     ver = model.get("verification") or {}
     return f"""
@@ -121,7 +242,8 @@ PyTorch accuracy {_fmt(ver.get('accuracy_reference'), '%')}.</p>
 <th>top-1 agreement</th><th>accuracy</th><th>Δ accuracy</th><th>p50 ms</th><th>p90 ms</th>
 <th class=l>status</th><th class=l>reason</th></tr>{''.join(rows)}</table>
 <h3>Passes</h3><ul>{passes}</ul>
-<div class=plots>{plots}</div>"""
+{_figures(model.get("plots", {}))}
+{per_bundle}"""
 
 
 def render_html(models: list[dict[str, Any]]) -> str:
@@ -150,12 +272,25 @@ def write_report(folder: Path, spec: ModelSpec, records: list, passes: list[dict
         acc = float((verification.reference.argmax(1)[known] == labels[known]).mean()) if known.any() else None
         model["verification"] = {"source": verification.samples.source, "samples": len(verification.rows),
                                  "accuracy_reference": acc}
+    with_logits = {r.name: r for r in records if r.logits is not None}
+    for bundle in model["bundles"]:
+        if bundle["name"] in with_logits:
+            bundle["details"] = bundle_details(verification.samples, verification.reference,
+                                               with_logits[bundle["name"]].logits, list(spec.labels))
     report = {"edgesdk": __version__, "models": [model]}
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    model["plots"] = {f"{r.name} logit differences": _diff_histogram(f"{spec.name} {r.name}",
-                                                                      verification.reference, r.logits)
-                      for r in records if r.logits is not None}
-    model["plots"].update({f"{p['name']} corpus curve": _corpus_curve(spec.name, p["heldout"])
-                           for p in passes if "heldout" in p})
+    for bundle in model["bundles"]:
+        record = with_logits.get(bundle["name"])
+        if record is None:
+            continue
+        title = f"{spec.name} {record.name}"
+        bundle["plots"] = {"logit differences": _diff_histogram(title, verification.reference, record.logits),
+                           "per class": _per_class(title, bundle["details"])}
+        reliability = _reliability(title, verification.samples, verification.reference, record.logits)
+        if reliability:
+            bundle["plots"]["reliability"] = reliability
+        bundle["disagreements_html"] = _disagreement_rows(bundle["details"], verification.samples)
+    model["plots"] = {f"{p['name']} corpus curve": _corpus_curve(spec.name, p["heldout"])
+                      for p in passes if "heldout" in p}
     (folder / "report.html").write_text(render_html([model]), encoding="utf-8")
     return model

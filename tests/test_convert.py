@@ -29,7 +29,7 @@ def test_text_convert_api(tiny_text_dir, text_tsv, tmp_path):
     assert manifest["spec"]["labels"] == ["neg", "neu", "pos"]
     assert manifest["spec"]["preprocessing"]["max_length"] == 128
     assert manifest["parity"]["status"] == "pass"
-    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "reference.safetensors"}
+    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "reference.safetensors", "golden.npz"}
     assert result.report_path.is_file() and (result.out / "report.json").is_file()
     # the 400-word line is truncated to max_length by the bundle's own tokenizer
     bundle = load_bundle(result.out / "onnx-fp32")

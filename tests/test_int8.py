@@ -30,7 +30,8 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         assert quantized and all(r["scale"] > 0 and 0 <= r["zero_point"] <= 255 for r in quantized)
         assert all(r["lo"] <= 0 <= r["hi"] for r in ranges["activations"].values())
     fp32 = (demo_out / "text" / "onnx-fp32" / "model.onnx").stat().st_size
-    assert (demo_out / "text" / "onnx-int8" / "model.onnx").stat().st_size < 0.4 * fp32
+    # int8 embedding rows and int8 layers; the layers the budget needs stay float
+    assert (demo_out / "text" / "onnx-int8" / "model.onnx").stat().st_size < 0.7 * fp32
     r = run_cli("verify", str(demo_out / "text" / "onnx-int8"), "--data", str(demo_out / "data" / "topics-val.tsv"),
                 block_torch=True)
     assert r.returncode == 0, r.stderr

@@ -6,10 +6,15 @@ import json
 
 import numpy as np
 import onnx
-from conftest import run_cli
+import torch
+from conftest import run_cli, tiny_cnn
 from onnx import numpy_helper
 
+import edgesdk
+from edgesdk import ImageClassifier, ImagePreprocessing
 from edgesdk.runtime import load_bundle
+
+PRE = ImagePreprocessing(size=(16, 16), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
 def test_tensorrt_bundles_carry_their_builder_and_symmetric_int8(demo_out):
@@ -59,3 +64,26 @@ def test_a_missing_runtime_names_its_extra_and_other_targets_still_build(demo_ou
     assert "onnx-fp32        skipped" in r.stdout  # built; no verification data was given
     assert (tmp_path / "dist" / "onnx-fp32" / "model.onnx").is_file()
     assert not (tmp_path / "dist" / "openvino-fp32").exists()
+
+
+class _UsesUnique(torch.nn.Module):
+    """A CNN whose output also depends on ``torch.unique``: ONNX exports it, LiteRT has no lowering."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_cnn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) + 0.0 * torch.unique(x.round()).sum()
+
+
+def test_an_op_a_target_cannot_convert_is_named_and_the_others_still_build(image_npz, tmp_path):
+    model = ImageClassifier.create(_UsesUnique().eval(), ["a", "b", "c", "d"], PRE)
+    result = edgesdk.convert(model, tmp_path / "dist", targets=["onnx", "tflite"], verify_on=image_npz, quiet=True)
+    records = {r.name: r for r in result.bundles}
+    assert records["tflite-fp32"].status == "error" and "aten._unique2" in records["tflite-fp32"].reason
+    assert records["onnx-fp32"].status == "pass"
+    assert not (result.out / "tflite-fp32").exists()
+    report = json.loads((result.out / "report.json").read_text())
+    assert {b["name"]: b["status"] for b in report["models"][0]["bundles"]} == {"onnx-fp32": "pass",
+                                                                                "tflite-fp32": "error"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -16,6 +17,7 @@ from .encode import Encoder, encoder_for
 from .runner import Runner
 
 __all__ = [
+    "SelfTest",
     "MANIFEST",
     "SCHEMA_VERSION",
     "Bundle",
@@ -150,6 +152,21 @@ class Bundle:
         inverse = np.argsort(np.asarray(order))
         return {name: np.concatenate(parts)[inverse] for name, parts in out.items()}
 
+    def self_test(self) -> SelfTest:
+        """Run the golden samples stored at conversion and compare with PyTorch's logits."""
+        golden = self.manifest.get("golden")
+        if not golden:
+            raise BundleError(f"{self.path} carries no golden samples (converted without verification data)")
+        start = time.perf_counter()
+        names = [t.name for t in self.spec.inputs]
+        with np.load(safe_member(self.path, golden["file"]), allow_pickle=False) as z:
+            rows = [{n: z[f"{i}/{n}"] for n in names} for i in range(golden["samples"])]
+            expected, top1 = z["pytorch_logits"], z["bundle_top1"]
+        logits = self.run_rows(rows)["logits"]
+        diff = float(np.abs(logits - expected).max())
+        ok = diff <= golden["tolerance"] and bool((logits.argmax(1) == top1).all())
+        return SelfTest(ok, len(rows), diff, golden["tolerance"], time.perf_counter() - start)
+
     def classify(self, samples: list, batch_size: int = 32) -> list[Prediction]:
         """Classify text lines or uint8 HWC images with nothing but the runtime."""
         probs = self.run_rows(self.encoder.encode(samples), batch_size)["probabilities"]
@@ -160,6 +177,30 @@ class Bundle:
         ]
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Open ``path`` as a bundle, checking the manifest and every file's sha256."""
-    return Bundle.open(path)
+@dataclass(frozen=True)
+class SelfTest:
+    """The bundle's golden samples run again: how far from PyTorch, and whether within tolerance."""
+
+    ok: bool
+    samples: int
+    max_abs_diff: float
+    tolerance: float
+    seconds: float
+
+
+def load_bundle(path: str | Path, self_test: bool = False) -> Bundle:
+    """Open ``path`` as a bundle, checking the manifest and every file's sha256.
+
+    ``self_test`` also runs the bundle's golden samples and refuses a runtime whose outputs
+    drifted from the conversion's (a different runtime build, delegate or device).
+    """
+    bundle = Bundle.open(path)
+    if self_test:
+        result = bundle.self_test()
+        if not result.ok:
+            raise BundleError(
+                f"{bundle.path}: self-test failed: max |logit diff| {result.max_abs_diff:.3g} from PyTorch on "
+                f"{result.samples} golden samples exceeds {result.tolerance:.3g}, or a top-1 changed; this "
+                f"runtime does not reproduce the conversion (versions at conversion: {bundle.manifest['versions']})"
+            )
+    return bundle
