@@ -45,9 +45,9 @@ def _rows(split: str, part: slice):
 
 
 def _logits(model: Path, rows, encoder) -> np.ndarray:
-    from edgesdk.calibration.calibrate import _logits as run
+    from edgesdk.calibration.calibrate import onnx_logits
 
-    return run(model, rows, encoder)
+    return onnx_logits(model, rows, encoder)
 
 
 def quantize(config: str, fp32: Path, out: Path) -> dict[str, float]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from edgesdk.errors import InputError
 
+from .divergence import layer_divergence
 from .observers import Histogram
 from .qdq import activation_qparams, quantizable_nodes, quantize_all, with_float_nodes
 from .ranges import RANGE_METHODS, activation_range
@@ -71,7 +72,7 @@ class Calibration:
                 "sensitivity": self.sensitivity, **self.figures}
 
 
-def _session(model: Path | bytes, threads: int = 2):
+def ort_session(model: Path | bytes, threads: int = 2):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -81,7 +82,7 @@ def _session(model: Path | bytes, threads: int = 2):
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def _with_outputs(fp32: Path, names: list[str], out: Path) -> Path:
+def with_outputs(fp32: Path, names: list[str], out: Path) -> Path:
     import onnx
 
     model = onnx.load(str(fp32))
@@ -95,7 +96,7 @@ def _with_outputs(fp32: Path, names: list[str], out: Path) -> Path:
 def observe(fp32: Path, rows: list, encoder, names: list[str], workdir: Path, bins: int = 2048,
             batch_size: int = 8, progress: Callable[[str], None] | None = None) -> dict[str, Histogram]:
     """Histograms of the named float tensors over ``rows`` (memory independent of their number)."""
-    session = _session(_with_outputs(fp32, names, workdir / "observe.onnx"))
+    session = ort_session(with_outputs(fp32, names, workdir / "observe.onnx"))
     histograms = {n: Histogram(bins) for n in names}
     done = 0
     for idx, feeds in encoder.batches(rows, batch_size):
@@ -111,8 +112,8 @@ def observe(fp32: Path, rows: list, encoder, names: list[str], workdir: Path, bi
     return histograms
 
 
-def _logits(model: Path | bytes, rows: list, encoder) -> np.ndarray:
-    session = _session(model)
+def onnx_logits(model: Path | bytes, rows: list, encoder) -> np.ndarray:
+    session = ort_session(model)
     parts = [session.run(["logits"], feeds)[0] for _, feeds in encoder.batches(rows, 16)]
     return np.concatenate(parts).astype(np.float64)
 
@@ -183,12 +184,12 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
     histograms = observe(fp32, calib_rows, encoder, activations, workdir, progress=progress)
     ranges = {name: activation_range(histograms[name], method) for name in activations}
     observed = time.perf_counter()
-    reference = _logits(fp32, held_rows, encoder)
+    reference = onnx_logits(fp32, held_rows, encoder)
     int8, tables = quantize_all(fp32, ranges, [n.node for n in nodes])
 
     def trial(float_nodes: set[str]) -> dict[str, float]:
         model = with_float_nodes(int8, fp32_model, float_nodes)
-        return _effect(reference, _logits(model.SerializeToString(), held_rows, encoder), held_labels)
+        return _effect(reference, onnx_logits(model.SerializeToString(), held_rows, encoder), held_labels)
 
     sensitivity = []
     for i, node in enumerate(nodes):
@@ -203,6 +204,9 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
     final = with_float_nodes(int8, fp32_model, float_nodes)
     qparams = activation_qparams(final)
     onnx.save_model(final, str(out))
+    if progress is not None:
+        progress("layer-by-layer divergence of the int8 model")
+    divergence = layer_divergence(fp32, out, held_rows[:16], encoder, workdir, {n.node for n in nodes} - float_nodes)
     quantized = [n for n in nodes if n.node not in float_nodes]
     return Calibration(
         fp32=fp32,
@@ -224,6 +228,7 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
             "quantized_layers": len(quantized), "quantizable_layers": len(nodes),
             "held_aside_effect": effect, "search": steps,
             "budget": {"min_agreement": budget.min_agreement, "max_accuracy_drop": budget.max_accuracy_drop},
+            "divergence": divergence,
             "observe_s": observed - start, "seconds": time.perf_counter() - start,
         },
     )

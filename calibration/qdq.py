@@ -35,7 +35,7 @@ class QuantNode:
     activation: str
 
 
-def _layer_name(node) -> str:
+def layer_name(node) -> str:
     """The PyTorch module a node was exported from (its name scopes end with module, op)."""
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
@@ -49,7 +49,7 @@ def quantizable_nodes(model) -> list[QuantNode]:
     """MatMul/Gemm/Conv nodes of ``model`` (an onnx.ModelProto) whose weight is a constant."""
     constants = {i.name for i in model.graph.initializer}
     return [
-        QuantNode(n.name, _layer_name(n), n.op_type, n.input[0])
+        QuantNode(n.name, layer_name(n), n.op_type, n.input[0])
         for n in model.graph.node
         if n.op_type in QUANT_OPS and len(n.input) > 1 and n.input[1] in constants and n.input[0] not in constants
     ]

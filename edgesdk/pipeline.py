@@ -81,7 +81,16 @@ def _int8_summary(notes: dict[str, Any]) -> dict[str, Any] | None:
             "quantizable_layers": calibration.get("quantizable_layers"),
             "float_layers": [{k: f[k] for k in ("layer", "agreement", "mean_abs_diff")}
                              for f in calibration.get("float_layers", [])],
-            "recipes_tried": notes.get("recipes_tried")}
+            "recipes_tried": notes.get("recipes_tried"),
+            "divergence": _divergence_summary(calibration.get("divergence"))}
+
+
+def _divergence_summary(divergence: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not divergence:
+        return None
+    worst = sorted(divergence["layers"], key=lambda row: row["snr_db"])[:5]
+    return {k: divergence[k] for k in ("samples", "snr_floor_db", "first_below_floor", "suggested_fallback")} | {
+        "lowest_snr": worst}
 
 
 @dataclass

@@ -174,10 +174,26 @@ def _int8_table(int8: dict[str, Any] | None) -> str:
                      f"<td>{f['mean_abs_diff']:.3g}</td></tr>" for f in int8["float_layers"])
     head = (f"<p>int8: {e(int8['what'])}. Range method <code>{e(str(int8['method']))}</code>; "
             f"{int8['quantized_layers']} of {int8['quantizable_layers']} layers int8.</p>")
-    if not layers:
-        return head
-    return (head + "<table><tr><th class=l>kept in float</th><th>agreement when int8 alone</th>"
-            f"<th>mean |Δlogit| when int8 alone</th></tr>{layers}</table>")
+    if layers:
+        head += ("<table><tr><th class=l>kept in float</th><th>agreement when int8 alone</th>"
+                 f"<th>mean |Δlogit| when int8 alone</th></tr>{layers}</table>")
+    return head + _divergence_html(int8.get("divergence"))
+
+
+def _divergence_html(d: dict[str, Any] | None) -> str:
+    if not d:
+        return ""
+    e = html.escape
+    first = d["first_below_floor"]
+    verdict = (f"first layer below {d['snr_floor_db']:.0f} dB SNR: <code>{e(first)}</code>" if first else
+               f"every layer stays above {d['snr_floor_db']:.0f} dB SNR")
+    if d["suggested_fallback"]:
+        verdict += f"; keeping <code>{e(d['suggested_fallback'])}</code> in float is the fallback to try"
+    rows = "".join(f"<tr><td class=l>{e(r['layer'])}</td><td>{'int8' if r['int8'] else 'float'}</td>"
+                   f"<td>{r['cosine']:.5f}</td><td>{r['snr_db']:.1f}</td></tr>" for r in d["lowest_snr"])
+    return (f"<p>Layer by layer against the float model (onnxruntime, {d['samples']} held-aside samples): "
+            f"{verdict}.</p><table><tr><th class=l>lowest-SNR layers</th><th>precision</th><th>cosine</th>"
+            f"<th>SNR dB</th></tr>{rows}</table>")
 
 
 def _corpus_curve(name: str, heldout: dict[str, Any]) -> str:

@@ -25,6 +25,11 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         assert len(calibration["sensitivity"]) == calibration["quantizable_layers"]
         for layer in calibration["float_layers"]:
             assert {"layer", "agreement", "mean_abs_diff"} <= set(layer)
+        divergence = calibration["divergence"]  # every layer output compared with the float model
+        assert len(divergence["layers"]) == calibration["quantizable_layers"]
+        assert all(r["cosine"] > 0.9 and r["snr_db"] > 0 for r in divergence["layers"])
+        floats = {f["layer"] for f in calibration["float_layers"]}
+        assert all(not r["int8"] for r in divergence["layers"] if r["layer"] in floats)
         ranges = json.loads((folder / "ranges.json").read_text())
         quantized = [r for r in ranges["activations"].values() if r["quantized"]]
         assert quantized and all(r["scale"] > 0 and 0 <= r["zero_point"] <= 255 for r in quantized)
