@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -173,6 +174,9 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # torchao (installed by litert-torch) logs import-time noise when transformers loads it
+    for noisy in ("torch.utils._pytree", "torchao"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)

@@ -1,7 +1,8 @@
 """OpenVINO target: IR (model.xml + model.bin) from the ONNX graph, run on OpenVINO's CPU plugin.
 
-fp32 converts the float ONNX export with ``openvino.convert_model`` and keeps dynamic
-shapes; inference runs with ``INFERENCE_PRECISION_HINT=f32`` so the CPU plugin does not
+fp32 reads the float ONNX export through OpenVINO's ONNX frontend (``Core.read_model``;
+``convert_model`` does the same conversion but forks a process to send telemetry, which
+hangs without network and is unsafe beside the threads of JAX) and keeps dynamic shapes; inference runs with ``INFERENCE_PRECISION_HINT=f32`` so the CPU plugin does not
 drop to bf16 or f16 on CPUs that have them. int8 converts edgesdk's QDQ model (the same
 calibration as every other target): OpenVINO turns each Q/DQ pair into a FakeQuantize and
 runs the quantized MatMuls and convolutions in int8; layers the calibration kept in float
@@ -54,7 +55,7 @@ class OpenVinoTarget(Target):
 
     def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
         ov = import_runtime("openvino", self.extra)
-        notes: dict[str, Any] = {"converter": "openvino.convert_model from the ONNX export"}
+        notes: dict[str, Any] = {"converter": "openvino ONNX frontend (Core.read_model) on the ONNX export"}
         if precision == "fp32":
             source = artifacts.onnx_fp32()
         else:
@@ -62,7 +63,7 @@ class OpenVinoTarget(Target):
             source = calibration.model
             notes.update(int8="edgesdk's QDQ model: FakeQuantize on uint8 activations, int8 per-channel weights, "
                               "int8 embedding rows", **self.write_ranges(calibration, folder))
-        model = ov.convert_model(str(source))
+        model = ov.Core().read_model(str(source))
         _stable_names(model)
         ov.save_model(model, str(folder / self.model_file), compress_to_fp16=False)
         return notes
