@@ -226,8 +226,7 @@ def _build_one(target: Target, precision: str, classifier: Classifier, artifacts
     }
     write_manifest(folder, {**manifest, "parity": skipped("pending", thresholds).to_dict()})
     bundle = Bundle.open(folder)
-    record = BundleRecord(name, target.name, precision, "skipped", "", path=folder,
-                          bytes=sum(p.stat().st_size for p in folder.iterdir()), notes=notes)
+    record = BundleRecord(name, target.name, precision, "skipped", "", path=folder, notes=notes)
     reason = target.parity_skip_reason()
     if verification is None:
         reason = "no verification data was given (pass verify_on / --verify-on)"
@@ -246,6 +245,7 @@ def _build_one(target: Target, precision: str, classifier: Classifier, artifacts
         record.latency_ms = _latency(bundle, verification.rows)
     record.status, record.reason = record.parity.status, record.parity.reason
     write_manifest(folder, {**manifest, "parity": record.parity.to_dict()})
+    record.bytes = sum(p.stat().st_size for p in folder.iterdir())
     return record
 
 

@@ -2,8 +2,9 @@
 
 fp32 reads the float ONNX export through OpenVINO's ONNX frontend (``Core.read_model``;
 ``convert_model`` does the same conversion but forks a process to send telemetry, which
-hangs without network and is unsafe beside the threads of JAX) and keeps dynamic shapes; inference runs with ``INFERENCE_PRECISION_HINT=f32`` so the CPU plugin does not
-drop to bf16 or f16 on CPUs that have them. int8 converts edgesdk's QDQ model (the same
+hangs without network and is unsafe beside the threads of JAX) and keeps dynamic shapes.
+Inference runs with ``INFERENCE_PRECISION_HINT=f32`` so the CPU plugin does not drop to
+bf16 or f16 on CPUs that have them. int8 converts edgesdk's QDQ model (the same
 calibration as every other target): OpenVINO turns each Q/DQ pair into a FakeQuantize and
 runs the quantized MatMuls and convolutions in int8; layers the calibration kept in float
 stay float.
