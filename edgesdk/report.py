@@ -152,7 +152,8 @@ def _disagreement_rows(details: dict[str, Any], samples: Any) -> str:
                     f"<td class=l>{e(d['bundle'][0])} ({d['bundle'][1]:.2f})</td><td>{d['max_abs_diff']:.3g}</td></tr>")
     if not rows:
         return "<p>No disagreements with PyTorch.</p>"
-    return ("<table><tr><th class=l>sample</th><th class=l>PyTorch</th><th class=l>bundle</th>"
+    return ("<h4>Disagreements with PyTorch, worst first</h4>"
+            "<table><tr><th class=l>sample</th><th class=l>PyTorch</th><th class=l>bundle</th>"
             f"<th>max |Δlogit|</th></tr>{''.join(rows)}</table>")
 
 
@@ -162,7 +163,8 @@ def _robustness_table(robustness: dict[str, dict[str, float]]) -> str:
     rows = "".join(f"<tr><td class=l>{html.escape(name)}</td><td>{r['agreement']:.2%}</td>"
                    f"<td>{r['pytorch_changed']:.2%}</td><td>{r['bundle_changed']:.2%}</td></tr>"
                    for name, r in robustness.items())
-    return ("<table><tr><th class=l>perturbation</th><th>agreement with PyTorch</th>"
+    return ("<h4>Robustness: small perturbations of the verification data</h4>"
+            "<table><tr><th class=l>perturbation</th><th>agreement with PyTorch</th>"
             f"<th>PyTorch answers changed</th><th>bundle answers changed</th></tr>{rows}</table>")
 
 

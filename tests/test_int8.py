@@ -26,7 +26,7 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         for layer in calibration["float_layers"]:
             assert {"layer", "agreement", "mean_abs_diff"} <= set(layer)
         divergence = calibration["divergence"]  # every layer output compared with the float model
-        assert len(divergence["layers"]) == calibration["quantizable_layers"]
+        assert len(divergence["layers"]) >= calibration["quantizable_layers"]  # and attention MatMuls
         assert all(r["cosine"] > 0.9 and r["snr_db"] > 0 for r in divergence["layers"])
         floats = {f["layer"] for f in calibration["float_layers"]}
         assert all(not r["int8"] for r in divergence["layers"] if r["layer"] in floats)
