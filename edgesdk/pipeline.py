@@ -7,6 +7,7 @@ report, and moves the whole output into place at the end.
 
 from __future__ import annotations
 
+import errno
 import shutil
 import tempfile
 import time
@@ -75,13 +76,14 @@ def _int8_summary(notes: dict[str, Any]) -> dict[str, Any] | None:
     """What is int8 in a bundle and which layers stayed float, for the report."""
     if "int8" not in notes:
         return None
+    if "recipes_tried" in notes:  # the runtime's own quantizer; edgesdk's float layers do not apply
+        return {"what": notes["int8"], "recipes_tried": notes["recipes_tried"]}
     calibration = notes.get("calibration", {})
     return {"what": notes["int8"], "method": calibration.get("method"),
             "quantized_layers": calibration.get("quantized_layers"),
             "quantizable_layers": calibration.get("quantizable_layers"),
             "float_layers": [{k: f[k] for k in ("layer", "agreement", "mean_abs_diff")}
                              for f in calibration.get("float_layers", [])],
-            "recipes_tried": notes.get("recipes_tried"),
             "divergence": _divergence_summary(calibration.get("divergence"))}
 
 
@@ -360,7 +362,7 @@ def convert(
                                         verification, thr, pass_records)
             except Exception as e:  # one target's failure is reported, the others still build
                 shutil.rmtree(folder, ignore_errors=True)
-                cause = str(e) if isinstance(e, EdgeSDKError) else f"{type(e).__name__}: {e}"
+                cause = _cause(e)
                 record = BundleRecord(folder.name, target.name, precision, "error", cause)
             records.append(record)
             steps.note(f"  {record.name}: {record.status} ({record.reason})")
@@ -371,6 +373,15 @@ def convert(
         if r.path is not None:
             r.path = out / r.path.name
     return ConversionResult(out, classifier.spec.name, records, pass_records, out / "report.html", report)
+
+
+def _cause(e: Exception) -> str:
+    """A bundle's failure in words: edgesdk's own message, a full disk, or the raw error."""
+    if isinstance(e, EdgeSDKError):
+        return str(e)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return f"writing the bundle failed ({e.strerror}): free disk space (or raise the file size limit) and run again"
+    return f"{type(e).__name__}: {e}"
 
 
 def _calibration_plan(model: Classifier, precisions: list[str], path: str | Path | None, method: str, count: int,

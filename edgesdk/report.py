@@ -172,6 +172,10 @@ def _int8_table(int8: dict[str, Any] | None) -> str:
     if not int8:
         return ""
     e = html.escape
+    if "recipes_tried" in int8:
+        tried = ", ".join(f"<code>{e(r['recipe'])}</code> {r['agreement_held_aside']:.2%}"
+                          for r in int8["recipes_tried"])
+        return f"<p>int8: {e(int8['what'])}. Recipes tried (agreement on held-aside calibration samples): {tried}.</p>"
     layers = "".join(f"<tr><td class=l>{e(f['layer'])}</td><td>{f['agreement']:.2%}</td>"
                      f"<td>{f['mean_abs_diff']:.3g}</td></tr>" for f in int8["float_layers"])
     head = (f"<p>int8: {e(int8['what'])}. Range method <code>{e(str(int8['method']))}</code>; "

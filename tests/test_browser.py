@@ -65,3 +65,15 @@ def test_browser_sample_matches_the_python_runtime(served, demo_out, tmp_path):
     for p, e in zip(printed, expected):
         assert max(abs(p["probabilities"][k] - v) for k, v in e.probabilities.items()) < 1e-4
     assert (tmp_path / "image.png").stat().st_size > 1000  # the page rendered
+
+
+def test_the_report_renders_with_nothing_broken_or_cut_off(demo_out, tmp_path):
+    done = subprocess.run(["node", str(SAMPLE / "render_report.mjs"), str(demo_out / "report.html"),
+                           str(tmp_path / "report.png")], capture_output=True, text=True, timeout=180,
+                          env={"CHROMIUM": CHROMIUM, "PATH": "/usr/bin"})
+    assert done.returncode == 0, done.stderr
+    findings = json.loads(done.stdout.strip().splitlines()[-1])
+    assert findings["images"] >= 2 * 12 and not findings["broken"]  # 3+ plots per verified bundle, both models
+    assert findings["tables"] > 10 and findings["empty_tables"] == 0
+    assert findings["overflow_px"] <= 0, "content wider than the window"
+    assert (tmp_path / "report.png").stat().st_size > 50_000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 
 import numpy as np
@@ -209,3 +210,47 @@ def test_killed_conversion_leaves_destination_untouched(tiny_text_dir, text_tsv,
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".dist")) == []
+
+
+def test_a_full_disk_is_named_and_leaves_no_half_written_bundle(tiny_text_dir, text_tsv, tmp_path):
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def small_disk() -> None:  # files may not grow past 200 kB, as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    out = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "-m", "edgesdk.cli", "convert", "--model", str(tiny_text_dir), "--out",
+                        str(out), "--verify-on", str(text_tsv), "--quiet"], capture_output=True, text=True,
+                       preexec_fn=small_disk, timeout=600)
+    assert r.returncode == 1
+    assert "onnx-fp32        error    writing the bundle failed (File too large): free disk space" in r.stdout
+    assert not (out / "onnx-fp32").exists()  # the bundle that could not be written is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist", "val.tsv"]  # no temporary folders left
+
+
+@pytest.mark.parametrize("delay", [round(random.Random(seed).uniform(0.2, 4.0), 2) for seed in range(3)])
+def test_sigkill_at_a_random_moment_of_an_overwrite_keeps_the_previous_bundles(tiny_text_dir, text_tsv, tmp_path,
+                                                                                delay):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from edgesdk.runtime import load_bundle
+
+    dest = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "edgesdk.cli", "convert", "--model", str(tiny_text_dir), "--out", str(dest),
+           "--verify-on", str(text_tsv), "--quiet", "--overwrite"]
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=300).returncode == 0
+    before = (dest / "onnx-fp32" / "manifest.json").read_bytes()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(delay)  # a seeded random moment: start-up, export, verification or the final move
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=120)
+    # either the kill came first and the previous bundles stand, or the run finished: both are whole bundles
+    assert (dest / "onnx-fp32" / "manifest.json").read_bytes() == before
+    load_bundle(dest / "onnx-fp32", self_test=True)
