@@ -254,3 +254,28 @@ def test_sigkill_at_a_random_moment_of_an_overwrite_keeps_the_previous_bundles(t
     # either the kill came first and the previous bundles stand, or the run finished: both are whole bundles
     assert (dest / "onnx-fp32" / "manifest.json").read_bytes() == before
     load_bundle(dest / "onnx-fp32", self_test=True)
+
+
+def test_a_read_only_output_folder_is_refused_clearly(tiny_text_dir, text_tsv, tmp_path):
+    import os
+    import subprocess
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() == 0:  # root ignores permissions: make the folder a read-only bind mount instead
+        made = all(subprocess.run(cmd, capture_output=True).returncode == 0 for cmd in (
+            ["mount", "--bind", str(locked), str(locked)], ["mount", "-o", "remount,bind,ro", str(locked)]))
+        if not made:
+            pytest.skip("root without mount rights here: no way to make a read-only folder")
+    else:
+        locked.chmod(0o555)
+    try:
+        r = run_cli("convert", "--model", str(tiny_text_dir), "--out", str(locked / "dist"), "--verify-on",
+                    str(text_tsv), "--quiet")
+        assert r.returncode == 2, r.stderr
+        assert f"cannot write {locked / 'dist'}" in r.stderr and "check permissions and free space" in r.stderr
+        assert list(locked.iterdir()) == []
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(locked)], capture_output=True)
+        locked.chmod(0o755)
