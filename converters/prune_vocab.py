@@ -55,17 +55,18 @@ def _read_forced(path: Path, vocab: dict[str, int]) -> set[int]:
 
 def select_ids(tj: dict[str, Any], counts: TokenCounts, base: set[int], max_vocab: int | None) -> list[int]:
     """Sorted kept ids: ``base`` and the corpus ids counted ``min_count`` times, within ``max_vocab``."""
-    keep = bpe_closure(tj, base)
+    closure = bpe_closure(tj)
+    keep = closure(base)
     used = np.flatnonzero(counts.counts >= counts.min_count)
     if max_vocab is None:
-        return sorted(bpe_closure(tj, keep | set(used.tolist())))
+        return sorted(closure(keep | set(used.tolist())))
     if len(keep) > max_vocab:
         raise InputError(
             f"max_vocab={max_vocab} is below the {len(keep)} tokens every text needs (special tokens, "
             "unknown token and the corpus' characters): raise it"
         )
     for i in sorted(used.tolist(), key=lambda i: (-counts.counts[i], i)):
-        extra = bpe_closure(tj, {i}) - keep
+        extra = closure({i}) - keep
         if len(keep) + len(extra) <= max_vocab:
             keep |= extra
     return sorted(keep)
@@ -124,11 +125,11 @@ def heldout_figures(tokenizer, pruned_tokenizer, tj: dict[str, Any], counts: Tok
     exact = [list(new_id[b]) == a for b, a in zip(before, after)]
     unk = _unk(tj)
     unk_old, unk_new = (None, None) if unk is None else (tokenizer.token_to_id(unk), pruned_tokenizer.token_to_id(unk))
-    curve = []
+    curve, closure = [], bpe_closure(tj)
     for fraction in CURVE_FRACTIONS:
         reached = set(np.flatnonzero(counts.reached_at <= fraction * counts.lines).tolist())
         kept = np.zeros(len(counts.counts), bool)
-        kept[sorted(bpe_closure(tj, base | reached))] = True
+        kept[sorted(closure(base | reached))] = True
         curve.append([fraction, float(np.mean([kept[b].all() for b in before]))])
     return {
         "file": str(path),

@@ -108,25 +108,33 @@ def required_ids(tj: dict[str, Any], alphabet: Iterable[str]) -> set[int]:
     return ids | {vocab[p] for p in pieces if p in vocab}
 
 
-def bpe_closure(tj: dict[str, Any], ids: set[int]) -> set[int]:
-    """``ids`` plus every piece any of them is merged from, recursively (BPE only)."""
+def bpe_closure(tj: dict[str, Any]) -> Callable[[set[int]], set[int]]:
+    """A function: ids -> those ids plus every piece any of them is merged from, recursively.
+
+    The merge table is read once, so the function is cheap to call per token. For WordPiece
+    and Unigram it returns the ids unchanged.
+    """
     model = tj["model"]
     if model["type"] != "BPE":
-        return set(ids)
+        return set
     vocab = model["vocab"]
     piece = {i: p for p, i in vocab.items()}
     producers: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for a, b in _merges(model):
         producers[_merged(model, a, b)].append((a, b))
-    stack = [piece[i] for i in ids if i in piece]
-    seen = set(stack)
-    while stack:
-        for a, b in producers.get(stack.pop(), ()):
-            for part in (a, b):
-                if part not in seen and part in vocab:
-                    seen.add(part)
-                    stack.append(part)
-    return set(ids) | {vocab[p] for p in seen}
+
+    def closure(ids: set[int]) -> set[int]:
+        stack = [piece[i] for i in ids if i in piece]
+        seen = set(stack)
+        while stack:
+            for a, b in producers.get(stack.pop(), ()):
+                for part in (a, b):
+                    if part not in seen and part in vocab:
+                        seen.add(part)
+                        stack.append(part)
+        return set(ids) | {vocab[p] for p in seen}
+
+    return closure
 
 
 def prune_tokenizer_json(tj: dict[str, Any], keep: list[int]) -> dict[str, Any]:
