@@ -29,7 +29,7 @@ from .observers import Histogram
 from .qdq import activation_qparams, quantizable_nodes, quantize_all, with_float_nodes
 from .ranges import RANGE_METHODS, activation_range
 
-__all__ = ["Budget", "Calibration", "calibrate", "search_float_layers", "MIN_SAMPLES"]
+__all__ = ["Budget", "Calibration", "calibrate", "held_aside", "search_float_layers", "MIN_SAMPLES"]
 
 MIN_SAMPLES = 20
 
@@ -134,6 +134,12 @@ def _meets(effect: dict[str, float], budget: Budget) -> bool:
     return effect["agreement"] >= budget.min_agreement and (drop is None or drop <= budget.max_accuracy_drop)
 
 
+def held_aside(count: int) -> np.ndarray:
+    """Which of ``count`` calibration samples are held aside (every fifth) for sensitivity and
+    the budget; the others set the ranges."""
+    return np.arange(count) % 5 == 4
+
+
 def search_float_layers(ranked: list[dict[str, Any]], trial: Callable[[set[str]], dict[str, float]], budget: Budget,
             progress: Callable[[str], None] | None) -> tuple[int, dict[str, float], list[dict[str, Any]]]:
     """The fewest most-sensitive layers to keep in float for the budget (doubling, then bisection).
@@ -175,7 +181,7 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
                          "give a larger calibration file (a few hundred samples is typical)")
     start = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
-    held = np.arange(len(rows)) % 5 == 4  # every fifth row is held aside for sensitivity and the budget
+    held = held_aside(len(rows))
     calib_rows = [r for r, h in zip(rows, held) if not h]
     held_rows, held_labels = [r for r, h in zip(rows, held) if h], labels[held]
     fp32_model = onnx.load(str(fp32))

@@ -102,9 +102,9 @@ class TextClassifier(Classifier):
     def encoder(self) -> Encoder:
         return TextEncoder(self.tokenizer_file, self.spec.preprocessing, [t.name for t in self.spec.inputs])
 
-    def example_inputs(self) -> tuple[torch.Tensor, ...]:
-        ids = torch.full((2, 8), 5, dtype=torch.long)
-        ones = torch.ones((2, 8), dtype=torch.long)
+    def example_inputs(self, batch: int = 2, length: int = 8) -> tuple[torch.Tensor, ...]:
+        ids = torch.full((batch, length), 5, dtype=torch.long)
+        ones = torch.ones((batch, length), dtype=torch.long)
         feeds = {"input_ids": ids, "attention_mask": ones, "token_type_ids": torch.zeros_like(ids)}
         return tuple(feeds[t.name] for t in self.spec.inputs)
 

@@ -169,9 +169,10 @@ class Artifacts:
             onnx_fp32 = self.onnx_fp32()
             plan = self.plan
             with self.steps.step(f"int8 calibration ({plan.method}) on {len(plan.samples)} samples") as update:
-                rows = self.classifier.encoder().encode(plan.samples.items)
-                self._calibration = calibrate(onnx_fp32, rows, plan.samples.labels, self.classifier.encoder(),
-                                              self.workdir / "calibration", plan.method, plan.budget, update)
+                encoder = self.classifier.encoder()
+                self._calibration = calibrate(onnx_fp32, encoder.encode(plan.samples.items), plan.samples.labels,
+                                              encoder, self.workdir / "calibration", plan.method, plan.budget,
+                                              update)
         return self._calibration
 
 

@@ -72,15 +72,14 @@ class TfliteRunner(Runner):
 
 
 def _fixed_inputs(classifier: Any) -> tuple:
+    """One sample of the fixed shape the TFLite model takes: text at max_length, images as
+    float pixels at the model's own size."""
     import torch
 
-    spec, pre = classifier.spec, classifier.spec.preprocessing
-    if spec.kind == "image":
+    pre = classifier.spec.preprocessing
+    if classifier.spec.kind == "image":
         return (torch.zeros((1, *pre.size, pre.channels), dtype=torch.float32),)
-    ids = torch.full((1, pre.max_length), pre.pad_id, dtype=torch.long)
-    ones = torch.ones_like(ids)
-    feeds = {"input_ids": ids, "attention_mask": ones, "token_type_ids": torch.zeros_like(ids)}
-    return tuple(feeds[t.name] for t in spec.inputs)
+    return classifier.example_inputs(batch=1, length=pre.max_length)
 
 
 @TARGETS.register("tflite")
@@ -117,10 +116,12 @@ class TfliteTarget(Target):
     def _quantize(self, float_model: Path, out: Path, artifacts: Any) -> dict[str, Any]:
         """The first recipe whose agreement with the float model meets the int8 budget."""
         from ai_edge_quantizer import quantizer, recipe
+        from edgesdk.calibration import held_aside
 
         plan, spec = artifacts.plan, artifacts.classifier.spec
         encoder = artifacts.classifier.encoder()
-        rows = encoder.encode(plan.samples.items[4::5])  # the calibration's held-aside samples
+        held = held_aside(len(plan.samples))
+        rows = encoder.encode([item for item, h in zip(plan.samples.items, held) if h])
         with self.runner(float_model, spec) as runner:
             reference = np.concatenate([runner.infer(f)["logits"] for _, f in encoder.batches(rows, 32)])
         tried, chosen = [], ""
