@@ -25,6 +25,14 @@ def test_demo_bundles_pass_in_their_runtime(demo_out):
                 assert bundle["parity"]["max_abs_diff"] <= 1e-4 and bundle["parity"]["agreement"] == 1.0
             else:
                 assert bundle["parity"]["agreement"] >= 0.99
+            details = bundle["details"]  # what the report plots and lists for a verified bundle
+            assert 0 <= details["ece_bundle"] <= 1 and 0 <= details["ece_reference"] <= 1
+            assert set(details["per_class_agreement"]) <= set(report["models"][0]["labels"])
+            assert len(details["disagreements"]) == min(8, round((1 - bundle["parity"]["agreement"])
+                                                                  * bundle["parity"]["samples"]))
+            perturbations = {"text": {"upper case", "doubled spaces", "one typo"}, "image": {"noise +-8", "shift 1 px"}}
+            assert set(bundle["robustness"]) == perturbations[kind]
+            assert all(0 <= r["agreement"] <= 1 for r in bundle["robustness"].values())
         assert (demo_out / kind / "report.html").stat().st_size > 1000
     assert "data:image/png;base64" in (demo_out / "report.html").read_text()
 
