@@ -1,13 +1,18 @@
-"""int8 bench: edgesdk's calibration (four range methods) against onnxruntime's and NNCF's.
+"""int8 bench: edgesdk's calibration against onnxruntime's and NNCF's, on several fine-tuned classifiers.
 
-A MiniLM sentiment classifier fine-tuned on SST-2 (bench/sst2_minilm.py, trained on first
-use) is exported once; each configuration quantizes that ONNX model from the same 300
-calibration sentences (SST-2 train lines the classifier was not trained on), in its own
-process so its peak memory is its own. Accuracy and top-1 agreement with fp32 are measured
-on SST-2 dev sentences; latency at batch 1, sequence 128, 2 threads is measured in this
-process for all models side by side (rounds that alternate the models).
+For each set (bench/finetune.py: MiniLM fine-tuned on SST-2, Banking77, SMS Spam, AG News;
+``--e5 SET`` adds multilingual-e5-small on one), the float ONNX export is quantized by each
+configuration from the same 300 calibration texts, each in its own process so its peak
+memory is its own: edgesdk (``--methods``, default mse; it also judges its float layers on the
+set's verification split, as ``--verify-on`` does), onnxruntime ``quantize_dynamic``
+(Optimum's default CPU int8), onnxruntime ``quantize_static`` (defaults) and NNCF
+``model_type=TRANSFORMER``. Agreement with fp32 and accuracy are measured on the test split
+(never used by any configuration). Latency at batch 1, sequence 128, 2 threads is measured in
+this process for all models side by side (rounds alternate the models, one session at a
+time); the OpenVINO fp32 and edgesdk int8 IRs likewise. CPU flags are recorded.
 
-Usage: python bench/int8.py [--dev N] [--rounds N]    Writes bench/results/int8.json.
+Usage: python bench/int8.py [--sets sst2,banking77,sms_spam,ag_news] [--e5 sms_spam] [--rounds N]
+Writes bench/results/int8.json.
 """
 
 from __future__ import annotations
@@ -19,50 +24,56 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sst2_minilm import minilm_sst2, sst2  # noqa: E402
+from finetune import finetuned, load_set  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("minmax", "percentile", "entropy", "mse")
-BASELINES = ("ort_quantize_static", "nncf_transformer")
-CALIBRATION = slice(20000, 20300)  # after the 16,000 training sentences
+PEERS = ("ort_quantize_dynamic", "ort_quantize_static", "nncf_transformer")
 
 
-def _classifier():
+def _classifier(folder: Path):
     from edgesdk import TextClassifier
 
-    return TextClassifier.from_pretrained(minilm_sst2(), max_length=128)
+    return TextClassifier.from_pretrained(folder, max_length=128)
 
 
-def _rows(split: str, part: slice):
-    data = sst2(split)[part]
-    encoder = _classifier().encoder()
-    return encoder, encoder.encode([t for t, _ in data]), np.array([y for _, y in data])
+def _rows(folder: Path, split: list[tuple[str, int]]):
+    encoder = _classifier(folder).encoder()
+    return encoder, encoder.encode([t for t, _ in split]), np.array([y for _, y in split])
 
 
 def _logits(model: Path, rows, encoder) -> np.ndarray:
-    from edgesdk.calibration.calibrate import onnx_logits
+    import onnx
+    from edgesdk.calibration.onnx_run import onnx_logits
 
-    return onnx_logits(model, rows, encoder)
+    return onnx_logits(onnx.load(str(model)), rows, encoder)
 
 
-def quantize(config: str, fp32: Path, out: Path) -> dict[str, float]:
+def quantize(config: str, folder: Path, set_name: str, fp32: Path, out: Path) -> dict[str, float]:
     """Quantize ``fp32`` into ``out`` with one configuration; returns its figures."""
-    encoder, rows, labels = _rows("train", CALIBRATION)
+    _, _, calibration, verification, _ = load_set(set_name)
+    encoder, rows, labels = _rows(folder, calibration)
     start = time.perf_counter()
     figures: dict[str, float] = {}
-    if config in METHODS:
+    if config.startswith("edgesdk_"):
         import shutil
 
-        from edgesdk.calibration import calibrate
+        from edgesdk.calibration import Judge, calibrate
 
-        result = calibrate(fp32, rows, labels, encoder, out.parent / f"work-{config}", config)
+        _, judge_rows, judge_labels = _rows(folder, verification)
+        result = calibrate(fp32, rows, labels, encoder, out.parent / f"work-{config}", config.removeprefix("edgesdk_"),
+                           judge=Judge(judge_rows, judge_labels, "verification split"))
         shutil.copyfile(result.model, out)
         figures.update(float_layers=len(result.float_layers), met_budget=float(result.met_budget))
+    elif config == "ort_quantize_dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
     elif config == "ort_quantize_static":
         from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
@@ -87,82 +98,112 @@ def quantize(config: str, fp32: Path, out: Path) -> dict[str, float]:
     return figures
 
 
-def _latency_ms(models: dict[str, Path], rounds: int) -> dict[str, float]:
-    """Median batch-1 latency per model; rounds alternate the models, and only one session
-    exists at a time (onnxruntime's default spinning threads would fight each other)."""
-    import onnxruntime as ort
-
+def _feeds(names: list[str]) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     feeds = {"input_ids": rng.integers(1000, 20000, (1, 128)).astype(np.int64),
              "attention_mask": np.ones((1, 128), np.int64), "token_type_ids": np.zeros((1, 128), np.int64)}
+    return {k: v for k, v in feeds.items() if k in names}
+
+
+def _latency_ms(models: dict[str, Path], rounds: int) -> dict[str, float]:
+    """Median batch-1 latency per model; rounds alternate the models, and only one session exists
+    at a time (onnxruntime's spinning threads would fight each other). ``ov:`` names run in OpenVINO."""
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, path in models.items():
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            if name.startswith("ov:"):
+                import openvino as ov
+
+                compiled = ov.Core().compile_model(ov.Core().read_model(str(path)), "CPU",
+                                                   {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"})
+                feeds = _feeds([p.get_any_name() for p in compiled.inputs])
+                run = partial(compiled.create_infer_request().infer, feeds)
+            else:
+                import onnxruntime as ort
+
+                options = ort.SessionOptions()
+                options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
+                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                run = partial(session.run, None, _feeds([i.name for i in session.get_inputs()]))
             for i in range(25):
                 start = time.perf_counter()
-                session.run(None, feeds)
+                run()
                 if i >= 5:
                     times[name].append((time.perf_counter() - start) * 1000)
-            del session
+            run = None
     return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def bench_set(set_name: str, base: str, methods: list[str], rounds: int, work: Path) -> dict[str, dict]:
+    from edgesdk.converters.export import export_onnx
+
+    folder = finetuned(set_name, base)
+    fp32 = export_onnx(_classifier(folder), work / "fp32.onnx")
+    models, figures = {"fp32": fp32}, {"fp32": {}}
+    for config in (*(f"edgesdk_{m}" for m in methods), *PEERS):
+        out = work / f"{config}.onnx"
+        done = subprocess.run([sys.executable, __file__, "--one", config, str(folder), set_name, str(fp32), str(out)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{set_name}/{config} failed: {done.stderr.strip().splitlines()[-1:]}")
+            continue
+        models[config], figures[config] = out, json.loads(done.stdout.strip().splitlines()[-1])
+    _, _, _, _, test = load_set(set_name)
+    encoder, rows, labels = _rows(folder, test)
+    reference = _logits(fp32, rows, encoder)
+    timed = dict(models)
+    if f"edgesdk_{methods[0]}" in models:
+        timed.update({"ov:fp32": fp32, f"ov:edgesdk_{methods[0]}": models[f"edgesdk_{methods[0]}"]})
+    latency = _latency_ms(timed, rounds)
+    table = {}
+    for name, path in models.items():
+        logits = reference if name == "fp32" else _logits(path, rows, encoder)
+        table[name] = {
+            "bytes_ratio": path.stat().st_size / fp32.stat().st_size,
+            "accuracy": float((logits.argmax(1) == labels).mean()),
+            "accuracy_delta": float((logits.argmax(1) == labels).mean() - (reference.argmax(1) == labels).mean()),
+            "agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
+            "latency_ms": latency[name], "latency_ratio": latency[name] / latency["fp32"], **figures[name],
+        }
+        if f"ov:{name}" in latency:
+            table[name]["openvino_latency_ratio"] = latency[f"ov:{name}"] / latency["ov:fp32"]
+    return {"test_samples": len(rows), "configs": table}
+
+
+def _print(name: str, result: dict) -> None:
+    print(f"\n{name} ({result['test_samples']} test texts)")
+    print(f"{'config':<24}{'bytes':>8}{'acc':>8}{'Δacc':>8}{'agree':>8}{'ms':>8}{'×fp32':>7}{'OV ×':>7}"
+          f"{'calib s':>9}{'peak MB':>9}{'float':>7}")
+    for config, row in result["configs"].items():
+        ov = f"{row['openvino_latency_ratio']:.2f}" if "openvino_latency_ratio" in row else ""
+        print(f"{config:<24}{row['bytes_ratio']:>8.1%}{row['accuracy']:>8.2%}{row['accuracy_delta']:>+8.2%}"
+              f"{row['agreement']:>8.2%}{row['latency_ms']:>8.2f}{row['latency_ratio']:>7.2f}{ov:>7}"
+              f"{row.get('calibration_s', 0):>9.1f}{row.get('peak_rss_mb', 0):>9.0f}{row.get('float_layers', 0):>7.0f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dev", type=int, default=2000, help="SST-2 dev sentences for accuracy")
+    parser.add_argument("--sets", default="sst2,banking77,sms_spam,ag_news")
+    parser.add_argument("--e5", default="sms_spam", help="set to also run with multilingual-e5-small ('' for none)")
+    parser.add_argument("--methods", default="mse", help="edgesdk range methods (mse, minmax, percentile, entropy)")
     parser.add_argument("--rounds", type=int, default=4, help="latency rounds (20 timed runs per model each)")
-    parser.add_argument("--one", nargs=3, metavar=("CONFIG", "FP32", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        config, fp32, out = args.one
-        print(json.dumps(quantize(config, Path(fp32), Path(out))))
+        config, folder, set_name, fp32, out = args.one
+        print(json.dumps(quantize(config, Path(folder), set_name, Path(fp32), Path(out))))
         return
-    from edgesdk.converters.export import export_onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        fp32 = export_onnx(_classifier(), work / "fp32.onnx")
-        tokenizer_bytes = (minilm_sst2() / "tokenizer.json").stat().st_size
-        models, figures = {"fp32": fp32}, {"fp32": {}}
-        for config in (*METHODS, *BASELINES):
-            out = work / f"{config}.onnx"
-            done = subprocess.run([sys.executable, __file__, "--one", config, str(fp32), str(out)],
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                print(f"{config} failed: {done.stderr.strip().splitlines()[-1:]}")
-                continue
-            models[config], figures[config] = out, json.loads(done.stdout.strip().splitlines()[-1])
-        encoder, rows, labels = _rows("dev", slice(0, args.dev))
-        reference = _logits(fp32, rows, encoder)
-        latency = _latency_ms(models, args.rounds)
-        results: dict[str, float] = {}
-        print(f"{'config':<22}{'MB':>8}{'bytes':>8}{'acc':>8}{'Δacc':>8}{'agree':>8}{'ms':>8}{'×fp32':>7}"
-              f"{'calib s':>9}{'peak MB':>9}{'float':>7}")
-        for name, path in models.items():
-            logits = reference if name == "fp32" else _logits(path, rows, encoder)
-            row = {
-                "bundle_mb": (path.stat().st_size + tokenizer_bytes) / 1e6,
-                "bytes_ratio": (path.stat().st_size + tokenizer_bytes) / (fp32.stat().st_size + tokenizer_bytes),
-                "accuracy": float((logits.argmax(1) == labels).mean()),
-                "accuracy_delta": float((logits.argmax(1) == labels).mean() - (reference.argmax(1) == labels).mean()),
-                "agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
-                "latency_ms": latency[name],
-                "latency_ratio": latency[name] / latency["fp32"],
-                **figures[name],
-            }
-            results.update({f"{name}_{k}": v for k, v in row.items()})
-            print(f"{name:<22}{row['bundle_mb']:>8.1f}{row['bytes_ratio']:>8.1%}{row['accuracy']:>8.2%}"
-                  f"{row['accuracy_delta']:>+8.2%}{row['agreement']:>8.2%}{row['latency_ms']:>8.2f}"
-                  f"{row['latency_ratio']:>7.2f}{row.get('calibration_s', 0):>9.1f}{row.get('peak_rss_mb', 0):>9.0f}"
-                  f"{row.get('float_layers', 0):>7.0f}")
-    results["dev_samples"] = len(rows)
-    out = ROOT / "bench" / "results" / "int8.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    flags = sorted({f for f in Path("/proc/cpuinfo").read_text().split() if f in ("avx2", "avx512f", "avx512_vnni",
+                                                                                    "avx_vnni", "amx_int8")})
+    runs = [(s, "minilm") for s in args.sets.split(",") if s] + ([(args.e5, "e5")] if args.e5 else [])
+    results: dict[str, dict] = {"cpu_flags": flags}
+    for set_name, base in runs:
+        with tempfile.TemporaryDirectory() as tmp:
+            results[f"{base}-{set_name}"] = bench_set(set_name, base, args.methods.split(","), args.rounds, Path(tmp))
+        _print(f"{base}-{set_name}", results[f"{base}-{set_name}"])
+        out = ROOT / "bench" / "results" / "int8.json"
+        out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"\nCPU flags: {' '.join(flags)}; wrote {ROOT / 'bench' / 'results' / 'int8.json'}")
 
 
 if __name__ == "__main__":

@@ -1,45 +1,101 @@
-"""edgesdk's static int8 calibration: ranges, sensitivity, float fallbacks, one QDQ model.
+"""edgesdk's static int8 calibration: smoothing, ranges, sensitivity, float fallbacks, one QDQ model.
 
-1. Observe: run the calibration rows through the float ONNX model in onnxruntime, with
-   every quantizable activation added as an output, into fixed-size histograms.
-2. Range: one method (minmax, percentile, entropy, mse) turns each histogram into [lo, hi].
-3. Sensitivity: on rows held aside from calibration, quantize each layer alone and measure
-   top-1 agreement and logit error against the float model.
-4. Fallback: quantize everything, then keep the most sensitive layers in float, one at a
-   time, until the held-aside rows meet the budget (agreement and accuracy drop).
+1. Smooth: per-channel maxima of every MatMul/Gemm input over the calibration rows move
+   activation outliers into the weights (``smooth.py``), an exact rewrite of the float model.
+2. Observe and range: the smoothed inputs stream into fixed-size histograms; one method
+   (minmax, percentile, entropy, mse) turns each into [lo, hi].
+3. Sensitivity, in one pass: a copy of every quantizable layer reads the quantized version of
+   its float input beside the original, and the signal-to-noise ratio of its output ranks it.
+4. Judge and fall back: the all-int8 model is judged against the float one on the judging
+   samples (the verification data when given, else the calibration rows held aside) by a
+   signal every sample contributes to: each sample's risk of changing its answer, from its
+   float margin and the int8 logit noise. The most sensitive layers are kept in float, as few
+   as the budget allows (doubling, then bisection), and the budget is a confidence bound
+   wherever the judging samples are enough to show it.
 
 The result is a QDQ ONNX model and a portable ranges document (tensor -> scale, zero point,
-method) that every target's int8 bundle is built from.
+method) that every target's int8 bundle is built from. The float model is loaded once; every
+trial is an in-memory rewrite.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 from edgesdk.errors import InputError
+from edgesdk.stats import labels_to_show, paired_drop_upper, samples_to_show, wilson_interval
 
 from .divergence import layer_divergence
 from .observers import Histogram
-from .qdq import activation_qparams, quantizable_nodes, quantize_all, with_float_nodes
+from .onnx_run import onnx_logits, run_outputs
+from .qdq import QuantNode, activation_qparams, quantizable_nodes, quantize_all, with_float_nodes
 from .ranges import RANGE_METHODS, activation_range
+from .sensitivity import local_snr
+from .smooth import SMOOTH_ALPHA, ChannelMax, smooth_model, smoothable
 
-__all__ = ["Budget", "Calibration", "calibrate", "held_aside", "search_float_layers", "MIN_SAMPLES"]
+__all__ = ["Budget", "Calibration", "Judge", "LayerChoice", "calibrate", "held_aside", "search_float_layers",
+           "MIN_SAMPLES", "MAX_JUDGE_SAMPLES"]
 
 MIN_SAMPLES = 20
+MAX_JUDGE_SAMPLES = 2000
+Progress = Callable[[str], None] | None
 
 
 @dataclass(frozen=True)
 class Budget:
-    """What the int8 model must keep on held-aside calibration rows."""
+    """What the int8 model must keep against the float one: agreement and accuracy drop, judged
+    on ``confidence`` bounds when the judging samples can show them."""
 
     min_agreement: float = 0.99
     max_accuracy_drop: float = 0.005
+    confidence: float = 0.95
+
+
+@dataclass(frozen=True)
+class Judge:
+    """The encoded samples the int8 model is judged on while choosing float layers."""
+
+    rows: list
+    labels: np.ndarray
+    source: str
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """The user's word on layers: ``float_layers`` stay float, ``int8_layers`` stay int8 (names of
+    PyTorch modules or ONNX nodes, shell patterns allowed)."""
+
+    float_layers: tuple[str, ...] = ()
+    int8_layers: tuple[str, ...] = ()
+
+    def resolve(self, nodes: Sequence[QuantNode]) -> tuple[set[str], set[str]]:
+        """The ONNX node names each list selects; an entry that selects nothing is refused."""
+        def select(patterns: tuple[str, ...], option: str) -> set[str]:
+            chosen = set()
+            for pattern in patterns:
+                hits = {n.node for n in nodes if fnmatch.fnmatchcase(n.layer, pattern)
+                        or fnmatch.fnmatchcase(n.node, pattern)}
+                if not hits:
+                    known = ", ".join(sorted({n.layer for n in nodes})[:8])
+                    raise InputError(f"{option} {pattern!r} names no quantizable layer of this model; "
+                                     f"layers look like: {known} (shell patterns such as '*.output.dense' work)")
+                chosen |= hits
+            return chosen
+
+        forced_float = select(self.float_layers, "--float-layers")
+        forced_int8 = select(self.int8_layers, "--int8-layers")
+        both = forced_float & forced_int8
+        if both:
+            raise InputError(f"layers {sorted(both)[:4]} are in both --float-layers and --int8-layers: pick one")
+        return forced_float, forced_int8
 
 
 @dataclass
@@ -52,7 +108,8 @@ class Calibration:
     sensitivity: list[dict[str, Any]]
     met_budget: bool
     figures: dict[str, Any] = field(default_factory=dict)
-    fp32: Path | None = None
+    float_model: Any = None
+    quantized_nodes: list[str] = field(default_factory=list)
 
     def write_model(self, out: Path, symmetric: bool = False) -> Path:
         """Write the int8 model again from the same ranges and float layers (``symmetric``:
@@ -60,10 +117,8 @@ class Calibration:
         import onnx
 
         ranges = {name: (r["lo"], r["hi"]) for name, r in self.ranges["activations"].items()}
-        fp32_model = onnx.load(str(self.fp32))
-        quantized = [n.node for n in quantizable_nodes(fp32_model)]
-        int8, _ = quantize_all(self.fp32, ranges, quantized, symmetric)
-        onnx.save_model(with_float_nodes(int8, fp32_model, {f["node"] for f in self.float_layers}), str(out))
+        int8, _ = quantize_all(self.float_model, ranges, self.quantized_nodes, symmetric)
+        onnx.save_model(with_float_nodes(int8, self.float_model, {f["node"] for f in self.float_layers}), str(out))
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -72,107 +127,161 @@ class Calibration:
                 "sensitivity": self.sensitivity, **self.figures}
 
 
-def ort_session(model: Path | bytes, threads: int = 2):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def with_outputs(fp32: Path, names: list[str], out: Path) -> Path:
-    import onnx
-
-    model = onnx.load(str(fp32))
-    present = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
-                              for n in names if n not in present)
-    onnx.save_model(model, str(out))
-    return out
-
-
-def observe(fp32: Path, rows: list, encoder, names: list[str], workdir: Path, bins: int = 2048,
-            batch_size: int = 8, progress: Callable[[str], None] | None = None) -> dict[str, Histogram]:
-    """Histograms of the named float tensors over ``rows`` (memory independent of their number)."""
-    session = ort_session(with_outputs(fp32, names, workdir / "observe.onnx"))
-    histograms = {n: Histogram(bins) for n in names}
-    done = 0
-    for idx, feeds in encoder.batches(rows, batch_size):
-        outputs = session.run(names, feeds)
-        mask = feeds.get("attention_mask")
-        for name, value in zip(names, outputs):
-            if mask is not None and value.shape[:2] == mask.shape:  # padded positions are not real inputs
-                value = value[mask.astype(bool)]
-            histograms[name].update(value)
-        done += len(idx)
-        if progress is not None:
-            progress(f"observed {done}/{len(rows)} samples")
-    return histograms
-
-
-def onnx_logits(model: Path | bytes, rows: list, encoder) -> np.ndarray:
-    session = ort_session(model)
-    parts = [session.run(["logits"], feeds)[0] for _, feeds in encoder.batches(rows, 16)]
-    return np.concatenate(parts).astype(np.float64)
-
-
-def _effect(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    known = labels >= 0
-    drop = None
-    if known.any():
-        drop = float((reference.argmax(1)[known] == labels[known]).mean()
-                     - (logits.argmax(1)[known] == labels[known]).mean())
-    diff = np.abs(reference - logits)
-    return {"agreement": float((reference.argmax(1) == logits.argmax(1)).mean()),
-            "mean_abs_diff": float(diff.mean()), "max_abs_diff": float(diff.max()), "accuracy_drop": drop}
-
-
-def _meets(effect: dict[str, float], budget: Budget) -> bool:
-    drop = effect["accuracy_drop"]
-    return effect["agreement"] >= budget.min_agreement and (drop is None or drop <= budget.max_accuracy_drop)
-
-
 def held_aside(count: int) -> np.ndarray:
-    """Which of ``count`` calibration samples are held aside (every fifth) for sensitivity and
-    the budget; the others set the ranges."""
+    """Which of ``count`` calibration samples are held aside (every fifth) to judge the int8
+    model when no verification data is given; the others set the ranges."""
     return np.arange(count) % 5 == 4
 
 
-def search_float_layers(ranked: list[dict[str, Any]], trial: Callable[[set[str]], dict[str, float]], budget: Budget,
-            progress: Callable[[str], None] | None) -> tuple[int, dict[str, float], list[dict[str, Any]]]:
+def effect(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """How an int8 model's logits part from the float ones: counts, logit error, KL, and the
+    expected number of changed answers (each sample's risk from its float margin and the noise)."""
+    n = len(reference)
+    order = np.argsort(-reference, axis=1)
+    top, second = order[:, 0], order[:, 1]
+    rows = np.arange(n)
+    margin = reference[rows, top] - reference[rows, second]
+    error = logits - reference
+    gap_noise = error[rows, top] - error[rows, second]
+    sigma = float(np.sqrt(np.mean(gap_noise ** 2)))
+    risk = np.array([NormalDist().cdf(-m / sigma) for m in margin]) if sigma > 0 else np.zeros(n)
+    known = labels >= 0
+    ref_ok, int8_ok = top[known] == labels[known], logits.argmax(1)[known] == labels[known]
+    p, q = _softmax(reference), _softmax(logits)
+    diff = np.abs(error)
+    return {"samples": n, "agreeing": int((logits.argmax(1) == top).sum()),
+            "agreement": float((logits.argmax(1) == top).mean()), "expected_changes": float(risk.sum()),
+            "kl": float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1))),
+            "mean_abs_diff": float(diff.mean()), "max_abs_diff": float(diff.max()),
+            "labeled": int(known.sum()), "lost": int((ref_ok & ~int8_ok).sum()),
+            "gained": int((~ref_ok & int8_ok).sum()),
+            "accuracy_drop": float(ref_ok.mean() - int8_ok.mean()) if known.any() else None}
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def changes_with_margin(e: dict[str, Any]) -> float:
+    """The changed answers a configuration is charged with: the larger of those seen and those
+    expected from the logit noise, plus one, so that another CPU's int8 kernels or another
+    runtime (which move a near-tie now and then) still keep the gate."""
+    return max(e["samples"] - e["agreeing"], e["expected_changes"]) + 1
+
+
+def meets(e: dict[str, Any], budget: Budget, bound: bool = True) -> bool:
+    """Whether an effect keeps the budget: changed answers counted with a margin
+    (``changes_with_margin``), judged on the lower confidence bound (``bound``) or the point
+    estimate; the accuracy drop on its upper bound where the labeled samples can show the budget."""
+    n = e["samples"]
+    changed = min(changes_with_margin(e), n)
+    agreement = wilson_interval(n - changed, n, budget.confidence)[0] if bound else 1 - changed / n
+    if agreement < budget.min_agreement:
+        return False
+    if not e["labeled"]:
+        return True
+    if bound and e["labeled"] >= labels_to_show(budget.max_accuracy_drop, budget.confidence) and e["accuracy_drop"] > 0:
+        return paired_drop_upper(e["lost"], e["gained"], e["labeled"], budget.confidence) <= budget.max_accuracy_drop
+    return e["accuracy_drop"] <= budget.max_accuracy_drop
+
+
+def search_float_layers(ranked: list[dict[str, Any]], trial: Callable[[set[str]], dict[str, Any]],
+                        budget: Budget, progress: Progress) -> tuple[int, dict[str, Any], list[dict[str, Any]], str]:
     """The fewest most-sensitive layers to keep in float for the budget (doubling, then bisection).
 
-    Returns that number, the held-aside effect, and every configuration tried. When even
-    all-float-but-embeddings misses the budget, the best configuration tried is returned.
+    The budget is judged on its confidence bound when the judging samples can show it with
+    every ranked layer in float; otherwise on point estimates (the data cannot show more).
+    Returns that number, its effect, every configuration tried, and how it was judged ("bound"
+    or "point"). When nothing meets the budget, the configuration with the fewest expected
+    changes is returned.
     """
-    tried: dict[int, dict[str, float]] = {}
+    tried: dict[int, dict[str, Any]] = {}
 
-    def effect(k: int) -> dict[str, float]:
+    def effect_of(k: int) -> dict[str, Any]:
         if k not in tried:
             if progress is not None:
                 progress(f"int8 with the {k} most sensitive layers in float")
             tried[k] = trial({s["node"] for s in ranked[:k]})
         return tried[k]
 
+    bound = meets(effect_of(0), budget) or meets(effect_of(len(ranked)), budget)
+    judged = "bound" if bound else "point"
+
+    def keeps(e: dict[str, Any]) -> bool:
+        return meets(e, budget, bound)
+
     low, high = -1, 0  # invariant: k=low misses the budget, k=high is the candidate
-    while not _meets(effect(high), budget) and high < len(ranked):
+    while not keeps(effect_of(high)) and high < len(ranked):
         low, high = high, min(len(ranked), max(1, 2 * high))
-    if _meets(effect(high), budget):
+    if keeps(effect_of(high)):
         while high - low > 1:
             mid = (low + high) // 2
-            low, high = (low, mid) if _meets(effect(mid), budget) else (mid, high)
+            low, high = (low, mid) if keeps(effect_of(mid)) else (mid, high)
         kept = high
     else:
-        kept = max(tried, key=lambda k: (tried[k]["agreement"], -tried[k]["mean_abs_diff"]))
+        kept = min(tried, key=lambda k: (changes_with_margin(tried[k]), tried[k]["kl"], k))
     steps = [{"float_layers": k, **tried[k]} for k in sorted(tried)]
-    return kept, tried[kept], steps
+    return kept, tried[kept], steps, judged
+
+
+def _observe(model: Any, rows: list, encoder, names: list[str], channels: set[str],
+             progress: Progress) -> tuple[dict[str, Histogram], dict[str, np.ndarray]]:
+    """Histograms of ``names`` and per-channel maxima of ``channels`` over ``rows``; padded token
+    positions are left out. Memory is independent of the number of rows."""
+    histograms = {n: Histogram() for n in names}
+    maxima = {n: ChannelMax() for n in channels}
+    wanted = sorted(set(names) | channels)
+    done = 0
+    for feeds, outputs in run_outputs(model, wanted, rows, encoder, batch_size=8):
+        mask = feeds.get("attention_mask")
+        for name, value in outputs.items():
+            if mask is not None and value.shape[:2] == mask.shape:  # padded positions are not real inputs
+                value = value[mask.astype(bool)]
+            if name in histograms:
+                histograms[name].update(value)
+            if name in maxima:
+                maxima[name].update(value)
+        done += len(next(iter(feeds.values())))
+        if progress is not None:
+            progress(f"observed {done}/{len(rows)} samples")
+    return histograms, {n: m.value for n, m in maxima.items() if m.value is not None}
+
+
+def _smoothed(model: Any, nodes: list[QuantNode], rows: list, encoder, alpha: float,
+              progress: Progress) -> tuple[Any, list[QuantNode], int]:
+    """The float model with activation outliers migrated into weights, its quantizable nodes, and
+    how many activations were smoothed."""
+    if alpha <= 0:
+        return model, nodes, 0
+    groups = smoothable(model, nodes)
+    if not groups:
+        return model, nodes, 0
+    _, maxima = _observe(model, rows, encoder, [], set(groups), progress)
+    smoothed, renamed = smooth_model(model, groups, maxima, alpha)
+    return smoothed, quantizable_nodes(smoothed), len(renamed)
+
+
+def _judge(judge: Judge | None, rows: list, labels: np.ndarray) -> tuple[list, list, Judge]:
+    """Split calibration rows into range rows and judging rows (held aside when no judge is given)."""
+    if judge is not None:
+        step = max(1, -(-len(judge.rows) // MAX_JUDGE_SAMPLES))
+        picked = Judge(judge.rows[::step], judge.labels[::step], judge.source)
+        return rows, [r for r, h in zip(rows, held_aside(len(rows))) if h], picked
+    held = held_aside(len(rows))
+    kept = [r for r, h in zip(rows, held) if not h]
+    held_rows = [r for r, h in zip(rows, held) if h]
+    return kept, held_rows, Judge(held_rows, labels[held], "calibration samples held aside (every fifth)")
 
 
 def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path, method: str = "mse",
-              budget: Budget = Budget(), progress: Callable[[str], None] | None = None) -> Calibration:
-    """Calibrate the float ONNX model ``fp32`` on encoded ``rows`` and write its int8 model."""
+              budget: Budget = Budget(), progress: Progress = None, judge: Judge | None = None,
+              choice: LayerChoice = LayerChoice(), smooth_alpha: float = SMOOTH_ALPHA) -> Calibration:
+    """Calibrate the float ONNX model ``fp32`` on encoded ``rows`` and write its int8 model.
+
+    ``judge`` (the verification samples) decides the float fallbacks; without it every fifth
+    calibration row is held aside for that. ``choice`` forces layers float or int8.
+    """
     import onnx
 
     RANGE_METHODS.get(method)
@@ -181,60 +290,70 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
                          "give a larger calibration file (a few hundred samples is typical)")
     start = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
-    held = held_aside(len(rows))
-    calib_rows = [r for r, h in zip(rows, held) if not h]
-    held_rows, held_labels = [r for r, h in zip(rows, held) if h], labels[held]
-    fp32_model = onnx.load(str(fp32))
-    nodes = quantizable_nodes(fp32_model)
+    range_rows, probe_rows, judge = _judge(judge, rows, labels)
+    original = onnx.load(str(fp32))
+    forced_float, forced_int8 = choice.resolve(quantizable_nodes(original))
+    model, nodes, smoothed = _smoothed(original, quantizable_nodes(original), range_rows, encoder, smooth_alpha,
+                                       progress)
     activations = sorted({n.activation for n in nodes})
-    histograms = observe(fp32, calib_rows, encoder, activations, workdir, progress=progress)
+    histograms, _ = _observe(model, range_rows, encoder, activations, set(), progress)
     ranges = {name: activation_range(histograms[name], method) for name in activations}
     observed = time.perf_counter()
-    reference = onnx_logits(fp32, held_rows, encoder)
-    int8, tables = quantize_all(fp32, ranges, [n.node for n in nodes])
+    int8, tables = quantize_all(model, ranges, [n.node for n in nodes])
+    if progress is not None:
+        progress("sensitivity of every layer (one pass)")
+    snr = local_snr(model, int8, nodes, (probe_rows or judge.rows)[:32], encoder)
+    reference = onnx_logits(model, judge.rows, encoder)
 
-    def trial(float_nodes: set[str]) -> dict[str, float]:
-        model = with_float_nodes(int8, fp32_model, float_nodes)
-        return _effect(reference, onnx_logits(model.SerializeToString(), held_rows, encoder), held_labels)
+    def trial(float_nodes: set[str]) -> dict[str, Any]:
+        candidate = with_float_nodes(int8, model, float_nodes | forced_float)
+        return effect(reference, onnx_logits(candidate, judge.rows, encoder), judge.labels)
 
-    sensitivity = []
-    for i, node in enumerate(nodes):
-        if progress is not None:
-            progress(f"sensitivity {i + 1}/{len(nodes)}: {node.layer}")
-        alone = trial({n.node for n in nodes} - {node.node})
-        sensitivity.append({"layer": node.layer, "node": node.node, "op": node.op, **alone})
-    ranked = sorted(sensitivity, key=lambda s: (s["agreement"], -s["mean_abs_diff"]))
-    kept, effect, steps = search_float_layers(ranked, trial, budget, progress)
-    float_nodes = {s["node"] for s in ranked[:kept]}
+    sensitivity = sorted(({"layer": n.layer, "node": n.node, "op": n.op, "local_snr_db": snr[n.node]}
+                          for n in nodes), key=lambda s: (s["local_snr_db"], s["node"]))
+    ranked = [s for s in sensitivity if s["node"] not in forced_float | forced_int8]
+    kept, chosen, steps, judged = search_float_layers(ranked, trial, budget, progress)
+    float_nodes = {s["node"] for s in ranked[:kept]} | forced_float
+    final = with_float_nodes(int8, model, float_nodes)
     out = workdir / "model.int8.onnx"
-    final = with_float_nodes(int8, fp32_model, float_nodes)
-    qparams = activation_qparams(final)
     onnx.save_model(final, str(out))
     if progress is not None:
         progress("layer-by-layer divergence of the int8 model")
-    divergence = layer_divergence(fp32, out, held_rows[:16], encoder, workdir, {n.node for n in nodes} - float_nodes)
+    divergence = layer_divergence(model, final, judge.rows[:16], encoder, {n.node for n in nodes} - float_nodes)
     quantized = [n for n in nodes if n.node not in float_nodes]
+    float_layers = [{**s, "forced": s["node"] in forced_float} for s in sensitivity if s["node"] in float_nodes]
     return Calibration(
-        fp32=fp32,
         model=out,
-        ranges={
-            "format": "edgesdk-int8-ranges",
-            "method": method,
-            "activations": {name: {"lo": float(lo), "hi": float(hi), **qparams.get(name, {}),
-                                   "quantized": name in qparams} for name, (lo, hi) in sorted(ranges.items())},
-            "weights": {"dtype": "int8", "scheme": "symmetric per output channel",
-                        "layers": sorted(n.layer for n in quantized)},
-            "embeddings": {"dtype": "int8", "scheme": "symmetric per row", "tables": tables},
-        },
-        float_layers=ranked[:kept],
-        sensitivity=ranked,
-        met_budget=_meets(effect, budget),
+        float_model=model,
+        quantized_nodes=[n.node for n in nodes],
+        ranges=_ranges_document(method, ranges, activation_qparams(final), quantized, tables),
+        float_layers=float_layers,
+        sensitivity=sensitivity,
+        met_budget=meets(chosen, budget, judged == "bound"),
         figures={
-            "method": method, "samples": len(calib_rows), "held_aside": len(held_rows),
+            "method": method, "samples": len(range_rows), "judged_on": judge.source,
+            "judge_samples": len(judge.rows),
+            "smoothing": {"alpha": smooth_alpha, "activations": smoothed},
             "quantized_layers": len(quantized), "quantizable_layers": len(nodes),
-            "held_aside_effect": effect, "search": steps,
-            "budget": {"min_agreement": budget.min_agreement, "max_accuracy_drop": budget.max_accuracy_drop},
+            "forced_float": sorted(forced_float), "forced_int8": sorted(forced_int8),
+            "judged_effect": chosen, "judged_by": judged, "search": steps,
+            "budget": {"min_agreement": budget.min_agreement, "max_accuracy_drop": budget.max_accuracy_drop,
+                       "confidence": budget.confidence,
+                       "samples_to_show": samples_to_show(budget.min_agreement, budget.confidence)},
             "divergence": divergence,
             "observe_s": observed - start, "seconds": time.perf_counter() - start,
         },
     )
+
+
+def _ranges_document(method: str, ranges: dict[str, tuple[float, float]], qparams: dict[str, dict],
+                     quantized: list[QuantNode], tables: list[str]) -> dict[str, Any]:
+    return {
+        "format": "edgesdk-int8-ranges",
+        "method": method,
+        "activations": {name: {"lo": float(lo), "hi": float(hi), **qparams.get(name, {}),
+                               "quantized": name in qparams} for name, (lo, hi) in sorted(ranges.items())},
+        "weights": {"dtype": "int8", "scheme": "symmetric per output channel",
+                    "layers": sorted(n.layer for n in quantized)},
+        "embeddings": {"dtype": "int8", "scheme": "symmetric per row", "tables": tables},
+    }

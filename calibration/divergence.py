@@ -8,11 +8,11 @@ is int8, keeping it in float is the fallback to try.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .onnx_run import run_outputs
 from .qdq import QUANT_OPS, layer_name
 
 __all__ = ["layer_divergence", "SNR_FLOOR_DB"]
@@ -20,28 +20,21 @@ __all__ = ["layer_divergence", "SNR_FLOOR_DB"]
 SNR_FLOOR_DB = 20.0
 
 
-def _outputs(path: Path, names: list[str], rows: list, encoder, workdir: Path) -> dict[str, np.ndarray]:
-    from .calibrate import ort_session, with_outputs
-
-    session = ort_session(with_outputs(path, names, workdir / f"divergence-{path.stem}.onnx"))
+def _outputs(model: Any, names: list[str], rows: list, encoder) -> dict[str, np.ndarray]:
     parts: dict[str, list] = {n: [] for n in names}
-    for _, feeds in encoder.batches(rows, 1):  # one sample at a time: no padded positions
-        for name, value in zip(names, session.run(names, feeds)):
-            parts[name].append(value.ravel())
+    for _, outputs in run_outputs(model, names, rows, encoder, batch_size=1):  # no padded positions
+        for name in names:
+            parts[name].append(outputs[name].ravel())
     return {n: np.concatenate(v).astype(np.float64) for n, v in parts.items()}
 
 
-def layer_divergence(fp32: Path, int8: Path, rows: list, encoder, workdir: Path,
-                     int8_layers: set[str]) -> dict[str, Any]:
-    """Per layer output shared by both models: cosine and SNR of int8 against float."""
-    import onnx
-
-    float_model = onnx.load(str(fp32), load_external_data=False)
-    produced = {o for n in onnx.load(str(int8), load_external_data=False).graph.node for o in n.output}
-    layers = [(n, n.output[0]) for n in float_model.graph.node if n.op_type in QUANT_OPS and n.output[0] in produced]
+def layer_divergence(fp32: Any, int8: Any, rows: list, encoder, int8_layers: set[str]) -> dict[str, Any]:
+    """Per layer output shared by both models (ModelProtos): cosine and SNR of int8 against float."""
+    produced = {o for n in int8.graph.node for o in n.output}
+    layers = [(n, n.output[0]) for n in fp32.graph.node if n.op_type in QUANT_OPS and n.output[0] in produced]
     names = [tensor for _, tensor in layers]
-    reference = _outputs(fp32, names, rows, encoder, workdir)
-    candidate = _outputs(int8, names, rows, encoder, workdir)
+    reference = _outputs(fp32, names, rows, encoder)
+    candidate = _outputs(int8, names, rows, encoder)
     table = []
     for node, tensor in layers:
         a, b = reference[tensor], candidate[tensor]

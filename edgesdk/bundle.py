@@ -7,12 +7,13 @@ temporary folder is removed and the destination is left as it was.
 
 from __future__ import annotations
 
-import fcntl
+import errno
+import glob
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 from .errors import InputError
 from .runtime.bundle import MANIFEST, SCHEMA_VERSION, file_sha256
 
-__all__ = ["write_manifest", "write_arrays", "write_npz", "staged_output"]
+__all__ = ["write_manifest", "write_arrays", "write_npz", "staged_output", "check_output", "MARKER"]
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -62,42 +63,49 @@ def _umask() -> int:
     return mask
 
 
-@contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    lock_path = out.parent / f".{out.name}.lock"
-    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(
-                f"another edgesdk conversion is writing {out} right now; wait for it or choose another --out"
-            ) from None
-        try:
-            yield
-        finally:
-            lock_path.unlink(missing_ok=True)
-    finally:
-        os.close(fd)
+MARKER = ".edgesdk-output"
 
 
-@contextmanager
-def staged_output(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty staging folder that replaces ``out`` only if the block completes."""
-    out = Path(out).absolute()
+def check_output(out: Path, inputs: Iterable[str | Path] = (), overwrite: bool = False) -> None:
+    """Refuse an output folder that would destroy something: one that is or holds an input, a
+    file, or a non-empty folder that edgesdk did not write (no marker) or that needs ``overwrite``."""
+    target = out.resolve()
+    for given in inputs:
+        p = Path(given).resolve()
+        if p == target or p.is_relative_to(target):
+            raise InputError(f"output folder {out} {'is' if p == target else 'contains'} the input {given}: replacing "
+                             "it would delete your input; choose an output folder outside your model and data")
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is not a folder: choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"output folder {out} already exists and is not empty: pass --overwrite to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise InputError(f"output folder {out} is not empty and was not written by edgesdk (it has no {MARKER} "
+                             "marker): choose a new or empty folder; edgesdk only replaces folders it wrote")
+        if not overwrite:
+            raise InputError(f"output folder {out} already exists: pass --overwrite to replace it")
+
+
+@contextmanager
+def staged_output(out: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
+    """Yield an empty staging folder that replaces ``out`` only if the block completes.
+
+    ``inputs`` (model folder, data files) may not lie inside ``out``. The replacement swaps the
+    two folders atomically where the OS can (renameat2 RENAME_EXCHANGE on Linux); elsewhere a
+    kill between the two renames leaves the previous output beside it, and the next run puts
+    it back instead of deleting it.
+    """
+    out = Path(out).absolute()
     try:
+        check_output(out, inputs, overwrite)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with _lock(out):
-            for stale in out.parent.glob(f".{out.name}.[to][ml][pd]-*"):  # left by a killed run
-                shutil.rmtree(stale, ignore_errors=True)
+        with _lock(out) as still_held:
+            _recover(out)
             staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
             os.chmod(staging, 0o777 & ~_umask())
             try:
                 yield staging
+                still_held()
+                (staging / MARKER).write_text("written by edgesdk; replaced by edgesdk --overwrite\n", encoding="utf-8")
                 _replace(staging, out)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -105,11 +113,78 @@ def staged_output(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise InputError(f"cannot write {out}: {e.strerror or e} (check permissions and free space)") from e
 
 
+@contextmanager
+def _lock(out: Path) -> Iterator[Callable[[], None]]:
+    """An exclusive lock on ``out`` (filelock: fcntl on Unix, msvcrt on Windows); yields a check
+    that raises when the lock file was removed or replaced while held (another run may then be
+    writing), called before the output is swapped. The lock file is removed on release."""
+    import filelock
+
+    lock_path = out.parent / f".{out.name}.lock"
+    lock = filelock.FileLock(lock_path, timeout=0, is_singleton=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise InputError(f"another edgesdk conversion is writing {out} right now; wait for it or choose another "
+                         "--out") from None
+    held = os.stat(lock_path).st_ino
+
+    def ours() -> bool:
+        return lock_path.exists() and os.stat(lock_path).st_ino == held
+
+    def still_held() -> None:
+        if not ours():
+            raise InputError(f"the lock file {lock_path} was removed while this conversion held it, so another "
+                             f"run may be writing {out}; nothing was replaced: run again")
+
+    try:
+        yield still_held
+    finally:
+        if ours():
+            lock_path.unlink()
+        lock.release()
+
+
+def _recover(out: Path) -> None:
+    """Clean up after a killed run: staging folders go; a previous output left beside a missing one
+    is put back, never deleted."""
+    name = glob.escape(out.name)
+    for stale in out.parent.glob(f".{name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in sorted(out.parent.glob(f".{name}.old-*")):
+        if not out.exists():
+            os.rename(old, out)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _replace(staging: Path, out: Path) -> None:
-    old = None
-    if out.exists():
+    if not out.exists():
+        os.rename(staging, out)
+    elif _exchange(staging, out):
+        shutil.rmtree(staging, ignore_errors=True)  # the previous output, now that the new one is in place
+    else:
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rename(out, old / "previous")
-    os.rename(staging, out)
-    if old is not None:
+        os.rmdir(old)
+        os.rename(out, old)
+        os.rename(staging, out)
         shutil.rmtree(old, ignore_errors=True)

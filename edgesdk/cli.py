@@ -53,6 +53,10 @@ def _convert(args: argparse.Namespace) -> int:
         kwargs["labels"] = _csv(args.labels)
     if args.max_length:
         kwargs["max_length"] = args.max_length
+    if args.weights:
+        from .bundle import check_output
+
+        check_output(Path(args.out).absolute(), [args.weights], args.overwrite)
     classifier = load_classifier(args.model, args.weights, **kwargs)
     precisions = _csv(args.precisions)
     thresholds = {p: t for p in precisions if (t := _thresholds(args, p)) is not None}
@@ -64,7 +68,11 @@ def _convert(args: argparse.Namespace) -> int:
                      thresholds=thresholds, overwrite=args.overwrite, quiet=args.quiet,
                      corpus=args.corpus, pass_options={"prune_vocabulary": prune} if prune else None,
                      calibration=args.calibration, range_method=args.range_method,
-                     calibration_samples=args.calibration_samples)
+                     calibration_samples=args.calibration_samples,
+                     float_layers=_csv(args.float_layers or ""), int8_layers=_csv(args.int8_layers or ""),
+                     min_pruning_agreement=args.min_pruning_agreement)
+    for gate in result.gates:
+        print(f"{gate['name']:<16} {gate['status']:<8} {gate['reason']}")
     _print_records(result.bundles)
     print(f"report: {result.report_path}")
     return 0 if result.ok else 1
@@ -76,9 +84,12 @@ def _verify(args: argparse.Namespace) -> int:
 
     precision = Bundle.open(args.bundle).precision
     result = verify_bundle(args.bundle, args.data, args.model, args.weights, _thresholds(args, precision))
-    acc = "" if result.accuracy_bundle is None else f", accuracy {result.accuracy_bundle:.2%}"
-    print(f"{args.bundle}: {result.status}: max |Δlogit| {result.max_abs_diff:.3g}, "
-          f"agreement {result.agreement:.2%}{acc} on {result.samples} samples ({result.reason})")
+    acc = "" if result.accuracy_bundle is None else (f", accuracy {result.accuracy_bundle:.2%} ({result.lost} lost, "
+                                                     f"{result.gained} gained of {result.labeled})")
+    print(f"{args.bundle}: {result.status}: max |Δlogit| {result.max_abs_diff:.3g}, agreement {result.agreement:.2%} "
+          f"({result.agreeing}/{result.samples}, 95% lower bound {result.agreement_lower:.2%}){acc} ({result.reason})")
+    for note in result.notes:
+        print(f"  note: {note}")
     return 0 if result else 1
 
 
@@ -137,12 +148,20 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--calibration", metavar="FILE", help="calibration samples (same formats as --verify-on)")
     q.add_argument("--range-method", default="mse", help="mse (default), minmax, percentile or entropy")
     q.add_argument("--calibration-samples", type=int, default=300, help="samples used (default 300)")
+    q.add_argument("--float-layers", metavar="LAYERS",
+                   help="comma-separated layers to keep in float (module names or shell patterns, as the report names "
+                        "them, e.g. 'bert.encoder.layer.0.output.dense,*.pooler.dense')")
+    q.add_argument("--int8-layers", metavar="LAYERS",
+                   help="comma-separated layers that stay int8 whatever the search finds")
     v = c.add_argument_group("vocabulary pruning (text; on when --corpus is given)")
     v.add_argument("--corpus", nargs="+", metavar="FILE", help="unlabeled text files, one document per line (.gz ok)")
     v.add_argument("--heldout", metavar="FILE", help="held-out texts: report how many still tokenize exactly")
     v.add_argument("--min-token-count", type=int, help="keep tokens seen at least this often (default 1)")
     v.add_argument("--max-vocab", type=int, help="keep at most this many tokens (most frequent first)")
     v.add_argument("--forced-tokens", metavar="FILE", help="tokens to keep whatever the corpus, one per line")
+    v.add_argument("--min-pruning-agreement", type=float, default=0.99,
+                   help="pruning gate: the pruned model's top-1 agreement with the original on the verification "
+                        "data, judged on its 95%% lower bound (default 0.99)")
     c.set_defaults(func=_convert)
 
     v = sub.add_parser("verify", help="re-check a bundle's parity; exit 1 when it fails")

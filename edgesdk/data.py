@@ -1,7 +1,9 @@
 """Read labeled verification or calibration data: text TSV files, image .npz files or folders.
 
 Text: one sample per line, ``text`` or ``text<TAB>label`` (a label name or index); a header
-line ``sentence<TAB>label`` or ``text<TAB>label`` is skipped; ``.gz`` is read transparently.
+line naming the columns (``text`` or ``sentence``, optional ``label`` and ``id``/``idx``, any
+order) picks the columns by name; a UTF-8 byte-order mark is ignored; ``.gz`` is read
+transparently.
 Images: an ``.npz`` with ``images`` (N x H x W [x C], uint8) and optional ``labels``, or a
 folder whose sub-folders are label names holding image files.
 """
@@ -19,7 +21,8 @@ from .spec import ImagePreprocessing, ModelSpec
 
 __all__ = ["Samples", "read_samples", "read_text_lines"]
 
-_HEADERS = {"text", "sentence", "label", "labels"}
+_TEXT_COLUMNS = {"text", "sentence"}
+_HEADERS = _TEXT_COLUMNS | {"label", "labels", "id", "idx", "index"}
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -42,7 +45,7 @@ def read_text_lines(path: Path):
         with opener(path, "rb") as f:
             for number, raw in enumerate(f, 1):
                 try:
-                    yield number, raw.decode("utf-8").rstrip("\r\n")
+                    yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
                 except UnicodeDecodeError as e:
                     raise InputError(
                         f"{path}: line {number} is not UTF-8 text ({e.reason}); re-encode the file as UTF-8"
@@ -59,16 +62,33 @@ def _label_index(value: str, labels: tuple[str, ...], where: str) -> int:
     raise InputError(f"{where}: label {value!r} is not one of the model's labels {list(labels)} nor an index")
 
 
+def _header(line: str) -> dict[str, int] | None:
+    """Column positions of a header line (``id<TAB>text<TAB>label``...), or None for a sample."""
+    names = [c.strip().lower() for c in line.split("\t")]
+    if len(names) < 2 or not set(names) <= _HEADERS or not set(names) & _TEXT_COLUMNS:
+        return None
+    return {("text" if n in _TEXT_COLUMNS else "label" if n.startswith("label") else "id"): i
+            for i, n in enumerate(names)}
+
+
 def _read_text(path: Path, labels: tuple[str, ...]) -> Samples:
     texts, ys = [], []
+    columns = None
     for number, line in read_text_lines(path):
         if "\x00" in line:
             raise InputError(f"{path}: line {number} holds binary data, not text")
-        text, tab, label = line.rpartition("\t") if "\t" in line else (line, "", "")
-        if number == 1 and tab and text.lower() in _HEADERS and label.lower() in _HEADERS:
+        if number == 1 and (columns := _header(line)) is not None:
             continue
         if not line.strip():
             continue
+        if columns is not None:
+            cells = line.split("\t")
+            if len(cells) <= max(columns.values()):
+                raise InputError(f"{path}:{number}: {len(cells)} columns, the header names {len(columns)}")
+            text, label = cells[columns["text"]], cells[columns["label"]] if "label" in columns else ""
+            tab = "label" in columns and label.strip() != ""
+        else:
+            text, tab, label = line.rpartition("\t") if "\t" in line else (line, "", "")
         texts.append(text)
         ys.append(_label_index(label.strip(), labels, f"{path}:{number}") if tab else -1)
     if not texts:
@@ -100,7 +120,7 @@ def _read_images(path: Path, spec: ModelSpec) -> Samples:
     try:
         with np.load(path, allow_pickle=False) as npz:
             images = npz["images"]
-            labels = npz["labels"].astype(np.int64) if "labels" in npz else np.full(len(images), -1)
+            raw_labels = npz["labels"] if "labels" in npz else np.full(len(images), -1)
     except (OSError, ValueError, KeyError, EOFError) as e:
         raise InputError(
             f"{path}: expected an .npz with 'images' (N x H x W [x C] uint8) and optional 'labels' ({e})"
@@ -112,6 +132,10 @@ def _read_images(path: Path, spec: ModelSpec) -> Samples:
             f"{path}: images have shape {images.shape} and dtype {images.dtype}; this model takes "
             f"N x H x W x {pre.channels} uint8"
         )
+    if raw_labels.dtype.kind not in "iu" or raw_labels.ndim != 1:
+        raise InputError(f"{path}: 'labels' must be integer label indices (one per image, -1 for unknown), "
+                         f"got {raw_labels.dtype} of shape {raw_labels.shape}: convert them with astype(int)")
+    labels = raw_labels.astype(np.int64)
     if len(labels) != len(images) or ((labels < -1) | (labels >= len(spec.labels))).any():
         raise InputError(f"{path}: 'labels' must hold one index in [0, {len(spec.labels)}) per image")
     return Samples(list(images), labels, str(path))

@@ -47,9 +47,13 @@ class Classifier:
         """The same classifier around a rewritten network."""
         return dataclasses.replace(self, model=model)
 
+    def input_paths(self) -> list[Path]:
+        """Files and folders this classifier was read from (an output folder may not hold them)."""
+        return []
+
     def encoder(self) -> Encoder:
         """The encoder this classifier's bundles use."""
-        return encoder_for(self.spec, Path("."))
+        return encoder_for(self.spec, None)
 
     def logits(self, items: list) -> np.ndarray:
         """PyTorch logits for raw samples, encoded as this classifier's bundles encode them."""
@@ -98,6 +102,9 @@ class TextClassifier(Classifier):
 
     def graph(self) -> nn.Module:
         return _TextGraph(self.model)
+
+    def input_paths(self) -> list[Path]:
+        return [self.tokenizer_file.parent]
 
     def encoder(self) -> Encoder:
         return TextEncoder(self.tokenizer_file, self.spec.preprocessing, [t.name for t in self.spec.inputs])

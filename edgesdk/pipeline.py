@@ -21,10 +21,11 @@ import numpy as np
 
 from . import __version__
 from .bundle import staged_output, write_arrays, write_manifest, write_npz
-from .calibration import MIN_SAMPLES, RANGE_METHODS, Budget, Calibration, calibrate
+from .calibration import MIN_SAMPLES, RANGE_METHODS, Budget, Calibration, Judge, LayerChoice, calibrate
 from .converters import PASSES, run_passes
 from .data import Samples, read_samples
 from .errors import EdgeSDKError, InputError
+from .fidelity import DEFAULT_MIN_PRUNING_AGREEMENT, pruning_fidelity
 from .models import Classifier, TextClassifier
 from .parity import ParityResult, Thresholds, compare, default_thresholds, skipped
 from .progress import Steps
@@ -37,6 +38,7 @@ from .targets import TARGETS, Target
 __all__ = ["convert", "ConversionResult", "BundleRecord", "Verification", "REFERENCE_FILE"]
 
 REFERENCE_FILE = "reference.safetensors"
+ROBUSTNESS_SAMPLES = 200  # the first verification samples are perturbed (upper case, typo, noise...)
 GOLDEN_FILE = "golden.npz"
 
 
@@ -66,7 +68,7 @@ class BundleRecord:
             "reason": self.reason,
             "bytes": self.bytes,
             "latency_ms": self.latency_ms,
-            "parity": self.parity.to_dict() if self.parity else None,
+            "parity": self.parity.to_dict() if self.parity is not None else None,
             "int8": _int8_summary(self.notes),
             "robustness": self.robustness,
         }
@@ -77,13 +79,15 @@ def _int8_summary(notes: dict[str, Any]) -> dict[str, Any] | None:
     if "int8" not in notes:
         return None
     if "recipes_tried" in notes:  # the runtime's own quantizer; edgesdk's float layers do not apply
-        return {"what": notes["int8"], "recipes_tried": notes["recipes_tried"]}
+        return {"what": notes["int8"], "recipes_tried": notes["recipes_tried"], "judged_on": notes.get("judged_on")}
     calibration = notes.get("calibration", {})
     return {"what": notes["int8"], "method": calibration.get("method"),
             "quantized_layers": calibration.get("quantized_layers"),
             "quantizable_layers": calibration.get("quantizable_layers"),
-            "float_layers": [{k: f[k] for k in ("layer", "agreement", "mean_abs_diff")}
+            "float_layers": [{k: f[k] for k in ("layer", "local_snr_db", "forced")}
                              for f in calibration.get("float_layers", [])],
+            "judged_on": calibration.get("judged_on"), "judged_effect": calibration.get("judged_effect"),
+            "smoothing": calibration.get("smoothing"),
             "divergence": _divergence_summary(calibration.get("divergence"))}
 
 
@@ -105,11 +109,14 @@ class ConversionResult:
     passes: list[dict[str, Any]]
     report_path: Path
     report: dict[str, Any] = field(repr=False, default_factory=dict)
+    gates: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when no bundle failed its parity or its build (skipped is not a failure)."""
-        return all(b.status in ("pass", "skipped") for b in self.bundles)
+        """True when no bundle failed its parity or its build (skipped is not a failure) and every
+        model-level gate (pruning fidelity) passed."""
+        return all(b.status in ("pass", "skipped") for b in self.bundles) and all(
+            g["status"] == "pass" for g in self.gates)
 
 
 @dataclass
@@ -130,11 +137,12 @@ class Verification:
 
 @dataclass(frozen=True)
 class CalibrationPlan:
-    """Calibration samples and how to turn them into int8 (range method, budget)."""
+    """Calibration samples and how to turn them into int8 (range method, budget, layer choice)."""
 
     samples: Samples
     method: str
     budget: Budget
+    choice: LayerChoice = LayerChoice()
 
 
 class Artifacts:
@@ -142,7 +150,7 @@ class Artifacts:
     are each made once, and every target's bundle is built from them."""
 
     def __init__(self, classifier: Classifier, workdir: Path, steps: Steps,
-                 calibration: CalibrationPlan | None = None) -> None:
+                 calibration: CalibrationPlan | None = None, judge: Judge | None = None) -> None:
         from .converters.export import ONNX_OPSET
 
         self.classifier = classifier
@@ -150,6 +158,7 @@ class Artifacts:
         self.steps = steps
         self.onnx_opset = ONNX_OPSET
         self.plan = calibration
+        self.judge = judge
         self._onnx: Path | None = None
         self._calibration: Calibration | None = None
 
@@ -172,7 +181,7 @@ class Artifacts:
                 encoder = self.classifier.encoder()
                 self._calibration = calibrate(onnx_fp32, encoder.encode(plan.samples.items), plan.samples.labels,
                                               encoder, self.workdir / "calibration", plan.method, plan.budget,
-                                              update)
+                                              update, judge=self.judge, choice=plan.choice)
         return self._calibration
 
 
@@ -240,10 +249,12 @@ def _build_one(target: Target, precision: str, classifier: Classifier, artifacts
         record.parity = compare(verification.reference, logits, thresholds, verification.samples.labels)
         manifest["golden"] = _write_golden(folder, verification, logits, thresholds)
         record.robustness = _robustness(bundle, verification, logits)
-        if notes.get("calibration", {}).get("met_budget") is False:
+        calibration = notes.get("calibration", {})
+        if calibration.get("met_budget") is False:
             record.parity = replace(record.parity, status="fail", reason=(
-                "the int8 budget was not met on held-aside calibration data even with every layer in float; "
-                f"this is the best configuration found ({record.parity.reason})"))
+                f"edgesdk's calibration could not meet the int8 budget on {calibration['judged_on']} "
+                f"({calibration['judge_samples']} samples) with any float layers it tried; this is the best "
+                f"configuration found ({record.parity.reason})"))
         record.logits = logits
         record.latency_ms = _latency(bundle, verification.rows)
     record.status, record.reason = record.parity.status, record.parity.reason
@@ -257,21 +268,25 @@ def _robustness(bundle: Bundle, verification: Verification, logits: np.ndarray) 
     out = {}
     for name, (rows, reference) in verification.perturbed.items():
         moved = bundle.run_rows(rows)["logits"].argmax(1)
-        out[name] = {"agreement": float((moved == reference.argmax(1)).mean()),
-                     "pytorch_changed": float((reference.argmax(1) != verification.reference.argmax(1)).mean()),
-                     "bundle_changed": float((moved != logits.argmax(1)).mean())}
+        before = verification.reference[:len(rows)].argmax(1)
+        out[name] = {"samples": len(rows), "agreement": float((moved == reference.argmax(1)).mean()),
+                     "pytorch_changed": float((reference.argmax(1) != before).mean()),
+                     "bundle_changed": float((moved != logits[:len(rows)].argmax(1)).mean())}
     return out
 
 
 def _write_golden(folder: Path, verification: Verification, logits: np.ndarray, thresholds: Thresholds,
                   count: int = 4) -> dict[str, Any]:
-    """Store a few verification inputs with PyTorch's logits for the loader's self-test.
+    """Store a few verification samples (texts or pixels) with their encoded inputs and PyTorch's
+    logits for the loader's self-test, which encodes them again with the bundle's own tokenizer.
 
     The tolerance is the fp32 threshold, or twice the bundle's own distance from PyTorch on
     these samples (int8), whichever is larger.
     """
     k = min(count, len(verification.rows))
     arrays = {f"{i}/{name}": value for i in range(k) for name, value in verification.rows[i].items()}
+    if verification.samples.items and isinstance(verification.samples.items[0], str):
+        arrays["texts"] = np.array(verification.samples.items[:k], dtype=str)
     reference = verification.reference[:k]
     observed = float(np.abs(logits[:k] - reference).max())
     write_npz(folder / GOLDEN_FILE, {"pytorch_logits": reference, "bundle_top1": logits[:k].argmax(1), **arrays})
@@ -308,6 +323,9 @@ def convert(
     calibration: str | Path | None = None,
     range_method: str = "mse",
     calibration_samples: int = 300,
+    float_layers: list[str] | tuple[str, ...] = (),
+    int8_layers: list[str] | tuple[str, ...] = (),
+    min_pruning_agreement: float = DEFAULT_MIN_PRUNING_AGREEMENT,
 ) -> ConversionResult:
     """Convert ``model`` into one verified bundle per target x precision under ``out``.
 
@@ -316,7 +334,11 @@ def convert(
     its keyword arguments; ``thresholds`` maps a precision to its parity thresholds.
     int8 bundles are calibrated on the first ``calibration_samples`` of ``calibration``
     (same formats as ``verify_on``) with ``range_method``; the int8 thresholds are also
-    the budget the float fallbacks are chosen for.
+    the budget the float fallbacks are chosen for, judged on the verification data.
+    ``float_layers`` / ``int8_layers`` force layers (module names or shell patterns) to
+    stay float or int8. When a pass that is not exact (vocabulary pruning) changed the model,
+    bundles are compared with the rewritten PyTorch model and the rewrite with the original,
+    on its own gate (``min_pruning_agreement``, judged on its 95% lower bound).
     """
     if not isinstance(model, Classifier):
         raise InputError(f"convert() takes an edgesdk TextClassifier or ImageClassifier, not {type(model).__name__}")
@@ -329,15 +351,18 @@ def convert(
         PASSES.get(name)(**options.get(name, {}))  # unknown names and bad options fail before any work
     samples = read_samples(verify_on, model.spec) if verify_on is not None else None
     plan = _calibration_plan(model, [p for _, p in bundles], calibration, range_method, calibration_samples,
-                             (thresholds or {}).get("int8") or default_thresholds("int8"))
+                             (thresholds or {}).get("int8") or default_thresholds("int8"),
+                             LayerChoice(tuple(float_layers), tuple(int8_layers)))
     steps = Steps(quiet)
-    with staged_output(out, overwrite) as staging, tempfile.TemporaryDirectory(prefix="edgesdk-work-") as work:
+    inputs = [*model.input_paths(), *(p for p in (verify_on, calibration) if p is not None), *(corpus or []),
+              *(v for o in options.values() for k, v in o.items() if k in ("heldout", "forced_tokens") and v)]
+    with staged_output(out, overwrite, inputs) as staging, tempfile.TemporaryDirectory(prefix="edgesdk-work-") as work:
         reference = measure = None
         if samples is not None:
             with steps.step(f"PyTorch reference on {len(samples)} samples and {model.spec.kind} perturbations"):
                 reference = model.logits(samples.items)
                 perturbed = {name: (items, model.logits(items)) for name, items in
-                             perturb(model.spec.kind, samples.items).items()}
+                             perturb(model.spec.kind, samples.items[:ROBUSTNESS_SAMPLES]).items()}
 
             def measure(c: Classifier) -> dict[str, float]:
                 logits = c.logits(samples.items)
@@ -347,12 +372,24 @@ def convert(
 
         with steps.step(f"passes on {model.spec.name}: {', '.join(pass_names) or 'none'}") as update:
             classifier, pass_records = run_passes(model, pass_names, measure, options, Path(work), update)
+        gates = []
+        if samples is not None and any(r["changed"] and not r["exact"] for r in pass_records):
+            with steps.step("pruning fidelity: the pruned PyTorch model against the original"):
+                pruned = classifier.logits(samples.items)
+                heldout = next((r["heldout"] for r in pass_records if "heldout" in r), None)
+                gates.append(pruning_fidelity(model, classifier, samples.items, samples.labels, reference, pruned,
+                                              min_pruning_agreement, heldout))
+                reference = pruned  # runtime parity: each bundle against the model it was built from
+                perturbed = {name: (items, classifier.logits(items)) for name, (items, _) in perturbed.items()}
+            steps.note(f"  pruning fidelity: {gates[0]['status']} ({gates[0]['reason']})")
         verification = None
         if samples is not None:
             encoder = classifier.encoder()
             encoded = {name: (encoder.encode(items), logits) for name, (items, logits) in perturbed.items()}
             verification = Verification(samples, encoder.encode(samples.items), reference, encoded)
-        artifacts = Artifacts(classifier, Path(work), steps, plan)
+        judge = None if verification is None else Judge(verification.rows, verification.samples.labels,
+                                                         f"the verification data ({verification.samples.source})")
+        artifacts = Artifacts(classifier, Path(work), steps, plan, judge)
         records = []
         for target, precision in bundles:
             thr = (thresholds or {}).get(precision) or default_thresholds(precision)
@@ -368,12 +405,12 @@ def convert(
             records.append(record)
             steps.note(f"  {record.name}: {record.status} ({record.reason})")
         with steps.step("report"):
-            report = write_report(staging, classifier.spec, records, pass_records, verification)
+            report = write_report(staging, classifier.spec, records, pass_records, verification, gates)
     out = Path(out).absolute()
     for r in records:
         if r.path is not None:
             r.path = out / r.path.name
-    return ConversionResult(out, classifier.spec.name, records, pass_records, out / "report.html", report)
+    return ConversionResult(out, classifier.spec.name, records, pass_records, out / "report.html", report, gates)
 
 
 def _cause(e: Exception) -> str:
@@ -386,7 +423,7 @@ def _cause(e: Exception) -> str:
 
 
 def _calibration_plan(model: Classifier, precisions: list[str], path: str | Path | None, method: str, count: int,
-                      int8: Thresholds) -> CalibrationPlan | None:
+                      int8: Thresholds, choice: LayerChoice) -> CalibrationPlan | None:
     """Check the calibration inputs before any work; None when no int8 bundle is asked for."""
     RANGE_METHODS.get(method)
     if "int8" not in precisions:
@@ -402,4 +439,4 @@ def _calibration_plan(model: Classifier, precisions: list[str], path: str | Path
                          "(a few hundred is typical)")
     n = min(count, len(samples))
     return CalibrationPlan(Samples(samples.items[:n], samples.labels[:n], samples.source), method,
-                           Budget(int8.min_agreement, int8.max_accuracy_drop or 0.0))
+                           Budget(int8.min_agreement, int8.max_accuracy_drop or 0.0, int8.confidence or 0.95), choice)

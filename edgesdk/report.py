@@ -173,16 +173,24 @@ def _int8_table(int8: dict[str, Any] | None) -> str:
         return ""
     e = html.escape
     if "recipes_tried" in int8:
-        tried = ", ".join(f"<code>{e(r['recipe'])}</code> {r['agreement_held_aside']:.2%}"
+        tried = ", ".join(f"<code>{e(r['recipe'])}</code> {r['agreeing']}/{r['samples']}"
                           for r in int8["recipes_tried"])
-        return f"<p>int8: {e(int8['what'])}. Recipes tried (agreement on held-aside calibration samples): {tried}.</p>"
-    layers = "".join(f"<tr><td class=l>{e(f['layer'])}</td><td>{f['agreement']:.2%}</td>"
-                     f"<td>{f['mean_abs_diff']:.3g}</td></tr>" for f in int8["float_layers"])
+        return (f"<p>int8: {e(int8['what'])}. Recipes tried (answers kept on the {e(str(int8.get('judged_on')))}): "
+                f"{tried}.</p>")
+    layers = "".join(f"<tr><td class=l>{e(f['layer'])}</td><td>{f['local_snr_db']:.1f}</td>"
+                     f"<td class=l>{'your --float-layers' if f['forced'] else 'the budget'}</td></tr>"
+                     for f in int8["float_layers"])
+    smoothing = int8.get("smoothing") or {}
+    judged = int8.get("judged_effect") or {}
     head = (f"<p>int8: {e(int8['what'])}. Range method <code>{e(str(int8['method']))}</code>; "
-            f"{int8['quantized_layers']} of {int8['quantizable_layers']} layers int8.</p>")
+            f"{int8['quantized_layers']} of {int8['quantizable_layers']} layers int8; "
+            f"{smoothing.get('activations', 0)} activations smoothed into their weights "
+            f"(alpha {smoothing.get('alpha', 0)}). Float layers chosen on {e(str(int8.get('judged_on')))}: "
+            f"{judged.get('agreeing', 0)}/{judged.get('samples', 0)} answers kept, "
+            f"{judged.get('expected_changes', 0):.2f} changes expected from the logit noise.</p>")
     if layers:
-        head += ("<table><tr><th class=l>kept in float</th><th>agreement when int8 alone</th>"
-                 f"<th>mean |Δlogit| when int8 alone</th></tr>{layers}</table>")
+        head += ("<table><tr><th class=l>kept in float</th><th>its own SNR when int8 (dB)</th>"
+                 f"<th class=l>why</th></tr>{layers}</table>")
     return head + _divergence_html(int8.get("divergence"))
 
 
@@ -232,24 +240,55 @@ def _figures(plots: dict[str, str]) -> str:
     return f"<div class=plots>{figures}</div>" if figures else ""
 
 
+def _agreement_cell(p: dict[str, Any]) -> str:
+    """Top-1 agreement as a count with its one-sided lower bound."""
+    if p.get("agreement") is None:
+        return "–"
+    if p.get("agreeing") is None:
+        return _fmt(p["agreement"], "%")
+    confidence = (p.get("thresholds") or {}).get("confidence") or 0.95
+    return (f"{p['agreement']:.2%} ({p['agreeing']}/{p['samples']})<br><small>{confidence:.0%} lower bound "
+            f"{p['agreement_lower']:.2%}</small>")
+
+
+def _accuracy_cell(p: dict[str, Any]) -> str:
+    """Accuracy change with the answers lost and gained and the drop's upper bound."""
+    if p.get("accuracy_bundle") is None or p.get("accuracy_reference") is None:
+        return "–"
+    delta = p["accuracy_bundle"] - p["accuracy_reference"]
+    if p.get("accuracy_drop_upper") is None:
+        return f"{delta:+.2%}"
+    return (f"{delta:+.2%} (−{p['lost']} +{p['gained']} of {p['labeled']})<br><small>drop upper bound "
+            f"{p['accuracy_drop_upper']:.2%}</small>")
+
+
 def _section(model: dict[str, Any]) -> str:
     e = html.escape
     rows = []
     for b in model["bundles"]:
         p = b.get("parity") or {}
         lat = b.get("latency_ms") or {}
-        acc_delta = None
-        if p.get("accuracy_bundle") is not None and p.get("accuracy_reference") is not None:
-            acc_delta = p["accuracy_bundle"] - p["accuracy_reference"]
+        notes = "".join(f"<br><small>{e(n)}</small>" for n in p.get("notes") or [])
         rows.append(
             f"<tr><td class=l>{e(b['name'])}</td><td>{_fmt(b['bytes'], 'bytes')}</td>"
             f"<td>{_fmt(p.get('max_abs_diff'))}</td><td>{_fmt(p.get('mean_abs_diff'))}</td>"
-            f"<td>{_fmt(p.get('agreement'), '%')}</td><td>{_fmt(p.get('accuracy_bundle'), '%')}</td>"
-            f"<td>{'–' if acc_delta is None else f'{acc_delta:+.2%}'}</td>"
+            f"<td>{_agreement_cell(p)}</td><td>{_fmt(p.get('accuracy_bundle'), '%')}</td>"
+            f"<td>{_accuracy_cell(p)}</td>"
             f"<td>{_fmt(lat.get('p50'))}</td><td>{_fmt(lat.get('p90'))}</td>"
-            f"<td class='l {e(b['status'])}'>{e(b['status'])}</td><td class=l>{e(b['reason'])}</td></tr>"
+            f"<td class='l {e(b['status'])}'>{e(b['status'])}</td>"
+            f"<td class=l>{e(b['reason'])}{notes}</td></tr>"
         )
     passes = "".join(_pass_item(r) for r in model["passes"]) or "<li>none</li>"
+    gates = "".join(
+        f"<tr><td class=l>{e(g['name'])}</td><td>{_agreement_cell(g['parity'])}</td>"
+        f"<td>{_accuracy_cell(g['parity'])}</td>"
+        f"<td>{g['texts_exact']}/{g['texts']}</td><td class='l {e(g['status'])}'>{e(g['status'])}</td>"
+        f"<td class=l>{e(g['reason'])}</td></tr>" for g in model.get("gates") or [])
+    if gates:
+        gates = ("<h3>Model gates</h3><p>The pruned PyTorch model against the original, on the verification data; "
+                 "the bundles above are compared with the pruned model.</p><table><tr><th class=l>gate</th>"
+                 "<th>agreement (count, bound)</th><th>Δ accuracy</th><th>texts tokenized exactly</th>"
+                 f"<th class=l>status</th><th class=l>reason</th></tr>{gates}</table>")
     per_bundle = "".join(
         f"<h3>{e(b['name'])}</h3>{_int8_table(b.get('int8'))}{_robustness_table(b.get('robustness', {}))}"
         f"{_figures(b.get('plots', {}))}{b.get('disagreements_html', '')}"
@@ -261,8 +300,10 @@ def _section(model: dict[str, Any]) -> str:
 <p>Verification data: {e(str(ver.get('source', 'none')))}, {ver.get('samples', 0)} samples;
 PyTorch accuracy {_fmt(ver.get('accuracy_reference'), '%')}.</p>
 <table><tr><th class=l>bundle</th><th>size</th><th>max |Δlogit|</th><th>mean |Δlogit|</th>
-<th>top-1 agreement</th><th>accuracy</th><th>Δ accuracy</th><th>p50 ms</th><th>p90 ms</th>
+<th>top-1 agreement (count, bound)</th><th>accuracy</th><th>Δ accuracy (lost, gained, bound)</th>
+<th>p50 ms</th><th>p90 ms</th>
 <th class=l>status</th><th class=l>reason</th></tr>{''.join(rows)}</table>
+{gates}
 <h3>Passes</h3><ul>{passes}</ul>
 {_figures(model.get("plots", {}))}
 {per_bundle}"""
@@ -279,13 +320,14 @@ def render_html(models: list[dict[str, Any]]) -> str:
 
 
 def write_report(folder: Path, spec: ModelSpec, records: list, passes: list[dict[str, Any]],
-                 verification: Any) -> dict[str, Any]:
+                 verification: Any, gates: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write report.json and report.html for one model; returns its section, plots included."""
     model: dict[str, Any] = {
         "name": spec.name,
         "kind": spec.kind,
         "labels": list(spec.labels),
         "passes": passes,
+        "gates": gates or [],
         "bundles": [r.to_dict() for r in records],
     }
     if verification is not None:

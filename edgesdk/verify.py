@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from .data import read_samples
-from .errors import InputError
+from .errors import BundleError, InputError
 from .parity import ParityResult, Thresholds, compare
-from .runtime.bundle import Bundle, safe_member
+from .runtime.bundle import Bundle
 from .runtime.encode import row_digest
 
 __all__ = ["verify_bundle"]
@@ -26,8 +26,15 @@ def _stored_reference(bundle: Bundle, rows: list, data: Path) -> np.ndarray:
     ref = bundle.manifest.get("reference")
     if not ref:
         raise InputError(f"{bundle.path} carries no PyTorch reference: pass --model to compute one")
-    stored = load_file(str(safe_member(bundle.path, ref["file"])))
-    index = {bytes(d): i for i, d in enumerate(stored["digests"])}
+    try:
+        stored = load_file(str(bundle.member(ref["file"])))
+        digests, logits = stored["digests"], stored["logits"]
+    except Exception as e:  # safetensors raises its own error types for a malformed file
+        raise BundleError(f"{bundle.path}: {ref['file']} is not a valid reference file ({str(e)[:200]}): "
+                          "rebuild the bundle") from e
+    if digests.ndim != 2 or digests.shape[1] != 32 or logits.shape != (len(digests), len(bundle.spec.labels)):
+        raise BundleError(f"{bundle.path}: {ref['file']} holds arrays of the wrong shape: rebuild the bundle")
+    index = {bytes(d): i for i, d in enumerate(digests)}
     positions = [index.get(row_digest(r)) for r in rows]
     missing = sum(p is None for p in positions)
     if missing:
@@ -36,7 +43,7 @@ def _stored_reference(bundle: Bundle, rows: list, data: Path) -> np.ndarray:
             "data, so the bundle holds no PyTorch output for them: pass --model (and --weights) to "
             "compute the reference"
         )
-    return stored["logits"][np.asarray(positions, dtype=np.int64)]
+    return logits[np.asarray(positions, dtype=np.int64)]
 
 
 def verify_bundle(

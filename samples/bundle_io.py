@@ -1,8 +1,10 @@
 """Read an edgesdk bundle with numpy and tokenizers only: shared by the sample apps.
 
-Copy this file and one ``*_app.py`` into an app: nothing here imports torch or edgesdk.
-It checks every file's sha256 and refuses paths that leave the bundle, encodes text with
-the bundle's tokenizer.json and images as uint8 arrays, and runs the golden self-test.
+Copy this file, ``manifest.schema.json`` and one ``*_app.py`` into an app: nothing here
+imports torch or edgesdk (jsonschema validates the manifest). It validates the manifest
+against the schema, checks every file's size and sha256, refuses paths that leave the bundle
+and files the manifest does not list, encodes text with the bundle's tokenizer.json and
+images as uint8 arrays, and runs the golden self-test from the stored texts or pixels.
 """
 
 from __future__ import annotations
@@ -19,48 +21,101 @@ import numpy as np
 Rows = list[dict[str, np.ndarray]]
 
 
+SCHEMA = Path(__file__).resolve().with_name("manifest.schema.json")
+MAX_MANIFEST_BYTES = 4 << 20
+
+
+def _refuse(message: str) -> None:
+    sys.exit(f"refused: {message}")
+
+
+def _read_manifest(folder: Path) -> dict:
+    import jsonschema
+
+    path = folder / "manifest.json"
+    if not folder.is_dir() or not path.is_file() or path.is_symlink():
+        _refuse(f"{folder} is not a bundle folder (no manifest.json)")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        _refuse(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        _refuse(f"{path} is not valid JSON ({str(e)[:100]})")
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(manifest))
+    if error is not None:
+        where = ".".join(map(str, error.absolute_path)) or "(top level)"
+        _refuse(f"{path}: field {where}: {error.message[:200]}")
+    return manifest
+
+
 class SampleBundle:
-    """A bundle folder whose files all match the sha256 its manifest lists."""
+    """A bundle folder whose files all match the size and sha256 its manifest lists."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).resolve()
-        self.manifest = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
-        for name, info in self.manifest["files"].items():
-            digest = hashlib.sha256(self.member(name).read_bytes()).hexdigest()
-            if digest != info["sha256"]:
-                sys.exit(f"{self.path / name}: sha256 mismatch: the bundle was altered")
+        self.manifest = _read_manifest(self.path)
+        files = self.manifest["files"]
+        for name, info in files.items():
+            member = self.member(name)
+            if member.stat().st_size != info["bytes"]:
+                _refuse(f"{name}: size differs from the manifest: the bundle was altered")
+            h = hashlib.sha256()
+            with open(member, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            if h.hexdigest() != info["sha256"]:
+                _refuse(f"{name}: sha256 mismatch: the bundle was altered")
+        for extra in self.path.rglob("*"):
+            rel = extra.relative_to(self.path).as_posix()
+            if extra.is_symlink() or (extra.is_file() and rel not in files and rel != "manifest.json"):
+                _refuse(f"{rel}: a file the manifest does not list")
         self.spec = self.manifest["spec"]
         self.inputs = [t["name"] for t in self.spec["inputs"]]
         self.labels = self.spec["labels"]
 
     def member(self, name: str) -> Path:
-        path = (self.path / name).resolve()
-        if not path.is_relative_to(self.path) or not path.is_file():
-            sys.exit(f"{name}: not a file inside the bundle: refused")
+        """A file the manifest lists, inside the bundle."""
+        if name not in self.manifest["files"]:
+            _refuse(f"{name}: not listed in manifest.json")
+        path = self.path / name
+        if path.is_symlink() or not path.resolve().is_relative_to(self.path) or not path.is_file():
+            _refuse(f"{name}: not a file inside the bundle")
         return path
 
     @property
     def model(self) -> Path:
         return self.member(self.manifest["model_file"])
 
+    def encode_texts(self, items: list[str]) -> Rows:
+        """Text lines as one row of named arrays each (the bundle's own tokenizer.json)."""
+        from tokenizers import Tokenizer
+
+        pre = self.spec["preprocessing"]
+        try:
+            tokenizer = Tokenizer.from_file(str(self.member(pre["tokenizer"])))
+        except Exception as e:  # tokenizers raises plain Exception subclasses
+            _refuse(f"{pre['tokenizer']}: not a readable tokenizer ({str(e)[:100]})")
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(pre["max_length"])
+        fields = [{"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids}
+                  for e in tokenizer.encode_batch(items)]
+        return [{n: np.asarray(f[n], np.int64) for n in self.inputs} for f in fields]
+
     def encode(self, items: list[str]) -> Rows:
         """Text lines, or paths of image files, as one row of named arrays each."""
         pre = self.spec["preprocessing"]
         if self.spec["kind"] == "text":
-            from tokenizers import Tokenizer
-
-            tokenizer = Tokenizer.from_file(str(self.member(pre["tokenizer"])))
-            tokenizer.no_padding()
-            tokenizer.enable_truncation(pre["max_length"])
-            fields = [{"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids}
-                      for e in tokenizer.encode_batch(items)]
-            return [{n: np.asarray(f[n], np.int64) for n in self.inputs} for f in fields]
-        from PIL import Image
+            return self.encode_texts(items)
+        from PIL import Image, UnidentifiedImageError
 
         rows = []
         for item in items:
-            with Image.open(item) as image:
-                pixels = np.asarray(image.convert("L" if pre["channels"] == 1 else "RGB"), np.uint8)
+            try:
+                with Image.open(item) as image:
+                    pixels = np.asarray(image.convert("L" if pre["channels"] == 1 else "RGB"), np.uint8)
+            except (OSError, UnidentifiedImageError) as e:
+                sys.exit(f"{item}: not a readable image ({e})")
             rows.append({self.inputs[0]: pixels.reshape(*pixels.shape[:2], pre["channels"])})
         return rows
 
@@ -69,10 +124,20 @@ class SampleBundle:
         golden = self.manifest.get("golden")
         if not golden:
             return
-        with np.load(self.member(golden["file"]), allow_pickle=False) as z:
-            rows = [{n: z[f"{i}/{n}"] for n in self.inputs} for i in range(golden["samples"])]
-            expected, top1 = z["pytorch_logits"], z["bundle_top1"]
+        try:
+            with np.load(self.member(golden["file"]), allow_pickle=False) as z:
+                stored = [{n: z[f"{i}/{n}"] for n in self.inputs} for i in range(golden["samples"])]
+                texts = [str(t) for t in z["texts"]] if self.spec["kind"] == "text" else None
+                expected, top1 = z["pytorch_logits"], z["bundle_top1"]
+        except (OSError, ValueError, KeyError) as e:
+            _refuse(f"{golden['file']}: not a valid golden file ({str(e)[:100]})")
+        rows = self.encode_texts(texts) if texts is not None else stored
+        for row, want in zip(rows, stored):
+            if any(row[n].shape != want[n].shape or (row[n] != want[n]).any() for n in self.inputs):
+                _refuse(f"{self.spec['preprocessing']['tokenizer']} does not reproduce the golden token ids")
         logits = run(self, rows)
+        if logits.shape != expected.shape:
+            _refuse(f"the model gives logits of shape {logits.shape}, the golden file {expected.shape}")
         diff = float(np.abs(logits - expected).max())
         if diff > golden["tolerance"] or (logits.argmax(1) != top1).any():
             sys.exit(f"self-test failed: |logit diff| {diff:.3g} > {golden['tolerance']:.3g} on golden samples")
@@ -99,9 +164,14 @@ def main(run: Callable[[SampleBundle, Rows], np.ndarray], runtime: str) -> None:
     parser.add_argument("--no-self-test", action="store_true", help="skip the golden-sample check")
     args = parser.parse_args()
     bundle = SampleBundle(args.bundle)
-    if not args.no_self_test:
-        bundle.self_test(run)
-    logits = run(bundle, bundle.encode(args.inputs))
+    try:
+        if not args.no_self_test:
+            bundle.self_test(run)
+        logits = run(bundle, bundle.encode(args.inputs))
+    except Exception as e:  # the runtime's own error for a model file it cannot run
+        sys.exit(f"{runtime} could not run {bundle.manifest['model_file']} ({type(e).__name__}: {str(e)[:200]})")
+    if logits.ndim != 2 or logits.shape[1] != len(bundle.labels):
+        _refuse(f"the model gives logits of shape {logits.shape} for {len(bundle.labels)} labels")
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     for item, p in zip(args.inputs, probs):

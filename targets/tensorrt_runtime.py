@@ -25,7 +25,9 @@ __all__ = ["TensorRtTarget"]
 BUILD_SCRIPT = "build_engine.py"
 _SCRIPT = '''"""Build this bundle's TensorRT engine on the GPU it will run on (edgesdk bundle).
 
-Usage: python build_engine.py [--out model.engine] [--max-batch 32]
+Usage: python build_engine.py [--out ../NAME.engine] [--max-batch 32]
+
+The engine is written beside the bundle folder (not into it: the bundle lists every file it holds).
 Needs: pip install tensorrt (and an NVIDIA GPU with its driver).
 """
 
@@ -60,7 +62,7 @@ def profile_shapes(spec, max_batch):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default="model.engine")
+    parser.add_argument("--out", default=str(HERE.parent / f"{HERE.name}.engine"))
     parser.add_argument("--max-batch", type=int, default=32)
     args = parser.parse_args()
     manifest = json.loads((HERE / "manifest.json").read_text())
@@ -80,7 +82,10 @@ def main():
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise SystemExit("TensorRT could not build the engine (see the log above)")
-    (HERE / args.out).write_bytes(engine)
+    out = Path(args.out).absolute()
+    if out.parent == HERE.absolute():
+        raise SystemExit(f"write the engine outside the bundle folder (not {out}): the loader refuses unlisted files")
+    out.write_bytes(engine)
     print(f"wrote {HERE / args.out}")
 
 

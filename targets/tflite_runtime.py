@@ -114,16 +114,29 @@ class TfliteTarget(Target):
         return notes
 
     def _quantize(self, float_model: Path, out: Path, artifacts: Any) -> dict[str, Any]:
-        """The first recipe whose agreement with the float model meets the int8 budget."""
+        """The first recipe that keeps the int8 budget against the float model, judged as edgesdk's
+        calibration judges (on the verification data when given)."""
         from ai_edge_quantizer import quantizer, recipe
         from edgesdk.calibration import held_aside
+        from edgesdk.calibration.calibrate import effect, meets
 
         plan, spec = artifacts.plan, artifacts.classifier.spec
         encoder = artifacts.classifier.encoder()
-        held = held_aside(len(plan.samples))
-        rows = encoder.encode([item for item, h in zip(plan.samples.items, held) if h])
-        with self.runner(float_model, spec) as runner:
-            reference = np.concatenate([runner.infer(f)["logits"] for _, f in encoder.batches(rows, 32)])
+        if artifacts.judge is not None:
+            rows, labels, judged_on = artifacts.judge.rows, artifacts.judge.labels, "verification data"
+        else:
+            held = held_aside(len(plan.samples))
+            rows = encoder.encode([item for item, h in zip(plan.samples.items, held) if h])
+            labels = plan.samples.labels[held]
+            judged_on = "calibration samples held aside"
+
+        def logits_of(model: Path) -> np.ndarray:
+            with self.runner(model, spec) as runner:
+                parts = [(idx, runner.infer(f)["logits"]) for idx, f in encoder.batches(rows, 32)]
+            order = np.argsort(np.concatenate([idx for idx, _ in parts]))
+            return np.concatenate([value for _, value in parts]).astype(np.float64)[order]
+
+        reference = logits_of(float_model)
         tried, chosen = [], ""
         for name, description in RECIPES:
             chosen = description
@@ -131,11 +144,10 @@ class TfliteTarget(Target):
             q.load_quantization_recipe(getattr(recipe, name)())
             out.unlink(missing_ok=True)
             q.quantize(enable_progress_report=False).export_model(str(out))
-            with self.runner(out, spec) as runner:
-                logits = np.concatenate([runner.infer(f)["logits"] for _, f in encoder.batches(rows, 32)])
-            agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
-            tried.append({"recipe": name, "agreement_held_aside": agreement})
-            if agreement >= plan.budget.min_agreement:
+            e = effect(reference, logits_of(out), labels)
+            tried.append({"recipe": name, "agreeing": e["agreeing"], "samples": e["samples"],
+                          "expected_changes": e["expected_changes"]})
+            if meets(e, plan.budget):
                 break
-        return {"int8": chosen, "quantizer": "ai-edge-quantizer", "recipes_tried": tried,
+        return {"int8": chosen, "quantizer": "ai-edge-quantizer", "recipes_tried": tried, "judged_on": judged_on,
                 "activation_ranges": "computed at run time (edgesdk's ranges.json is not used by this runtime)"}

@@ -146,7 +146,8 @@ def test_tokenizer_larger_than_embedding_is_refused(tiny_text_dir, tmp_path):
 
 
 def test_convert_with_corpus_end_to_end(tiny_text_dir, tmp_path):
-    val = _write(tmp_path / "val.tsv", [f"{t}\t{'neg neu pos'.split()[i % 3]}" for i, t in enumerate(CORPUS[:40])])
+    # 300 corpus texts (each twice): enough for the pruning gate's bound to show 99%
+    val = _write(tmp_path / "val.tsv", [f"{t}\t{'neg neu pos'.split()[i % 3]}" for i, t in enumerate(CORPUS * 2)])
     corpus = _write(tmp_path / "corpus.txt", CORPUS)
     out = tmp_path / "dist"
     r = run_cli("convert", "--model", str(tiny_text_dir), "--out", str(out), "--verify-on", str(val),
@@ -163,3 +164,20 @@ def test_convert_with_corpus_end_to_end(tiny_text_dir, tmp_path):
     check = run_cli("verify", str(out / "onnx-fp32"), "--data", str(val), block_torch=True)
     assert check.returncode == 0, check.stderr
     assert sum(bundle.classify(["🙂 never seen"])[0].probabilities.values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_pruning_gate_fails_with_advice_while_runtime_parity_passes(tiny_text_dir, tmp_path):
+    corpus = _write(tmp_path / "corpus.txt", CORPUS[:20])  # a corpus far too small for the traffic below
+    val = _write(tmp_path / "val.tsv", HELDOUT * 3)
+    out = tmp_path / "dist"
+    # the tiny random model barely reacts to its tokens, so ask for more than its ~420 texts can show
+    r = run_cli("convert", "--model", str(tiny_text_dir), "--out", str(out), "--verify-on", str(val),
+                "--corpus", str(corpus), "--min-pruning-agreement", "0.9999", "--quiet")
+    assert r.returncode == 1, r.stderr  # a gate failed: the pruning one
+    assert "pruning fidelity fail" in " ".join(r.stdout.split()) and "pruning, not the runtime" in r.stdout
+    manifest = json.loads((out / "onnx-fp32" / "manifest.json").read_text())
+    assert manifest["parity"]["status"] == "pass"  # the runtime reproduces the pruned model
+    (gate,) = json.loads((out / "report.json").read_text())["models"][0]["gates"]
+    assert gate["status"] == "fail" and gate["texts_exact"] < 0.1 * gate["texts"]
+    assert gate["parity"]["agreement_lower"] < 0.9999 and "add corpus lines" in gate["reason"]
+    assert "Model gates" in (out / "report.html").read_text()

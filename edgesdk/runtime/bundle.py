@@ -1,19 +1,25 @@
-"""Open a bundle and trust nothing: schema, paths, sha256 of every file, no extra files."""
+"""Open a bundle and trust nothing: schema, paths, sizes, sha256 of every file, no extra files.
+
+The manifest is validated against ``manifest.schema.json`` (shipped beside this module and
+used by the sample apps) before any file it names is opened; every path it names must be
+relative, inside the bundle and listed with its size and sha256, and is checked before use.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError
+from ..errors import BundleError, InputError
 from ..spec import ModelSpec
-from .encode import Encoder, encoder_for
+from .encode import Encoder, encoder_for, row_digest
 from .runner import Runner
 
 __all__ = [
@@ -25,11 +31,15 @@ __all__ = [
     "load_bundle",
     "file_sha256",
     "safe_member",
+    "read_golden",
+    "validate_manifest",
 ]
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 _MAX_MANIFEST_BYTES = 4 << 20
+_MAX_GOLDEN_BYTES = 64 << 20
 
 
 def file_sha256(path: Path) -> str:
@@ -55,30 +65,63 @@ def safe_member(root: Path, name: object) -> Path:
 
 def _read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
-    if not root.is_dir():
-        raise BundleError(f"{root} is not a bundle folder")
-    if not path.is_file() or path.is_symlink():
-        raise BundleError(f"{path} is missing: not an edgesdk bundle (convert the model first)")
-    if path.stat().st_size > _MAX_MANIFEST_BYTES:
-        raise BundleError(f"{path} is larger than {_MAX_MANIFEST_BYTES} bytes: refused")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        if not root.is_dir():
+            raise BundleError(f"{root} is not a bundle folder")
+        if not path.is_file() or path.is_symlink():
+            raise BundleError(f"{path} is missing: not an edgesdk bundle (convert the model first)")
+        if path.stat().st_size > _MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path} is larger than {_MAX_MANIFEST_BYTES} bytes: refused")
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise BundleError(f"cannot read the bundle at {root}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{path} is not UTF-8 text; the bundle is damaged") from e
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as e:
         raise BundleError(f"{path} is not valid JSON ({e}); the bundle is damaged") from e
+    except RecursionError:
+        raise BundleError(f"{path} nests JSON too deeply: refused") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{path} must hold a JSON object")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise BundleError(
             f"{path} has schema_version {version!r}; this edgesdk reads {SCHEMA_VERSION}: "
-            "rebuild the bundle or upgrade edgesdk"
+            "rebuild the bundle with this edgesdk, or load it with the edgesdk that wrote it"
         )
-    for key in ("target", "precision", "model_file", "spec", "files"):
-        if key not in manifest:
-            raise BundleError(f"{path} lacks the field {key!r}; the bundle is damaged")
-    if not isinstance(manifest["files"], dict):
-        raise BundleError(f"{path}: 'files' must map file names to their sha256")
+    validate_manifest(manifest, path)
     return manifest
+
+
+def validate_manifest(manifest: dict[str, Any], path: Path | str = MANIFEST) -> None:
+    """Refuse a manifest that does not follow manifest.schema.json, or names a file it does not list."""
+    import jsonschema
+
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(manifest))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise BundleError(f"{path}: field {where}: {error.message[:300]}; the bundle is damaged or was not "
+                          "written by this edgesdk: rebuild it")
+    named = {"model_file": manifest["model_file"], "golden.file": (manifest.get("golden") or {}).get("file"),
+             "reference.file": (manifest.get("reference") or {}).get("file")}
+    if manifest["spec"]["kind"] == "text":
+        named["spec.preprocessing.tokenizer"] = manifest["spec"]["preprocessing"].get("tokenizer")
+    for field_name, name in named.items():
+        if name is not None and name not in manifest["files"]:
+            raise BundleError(f"{path}: field {field_name} names {name!r}, which 'files' does not list with a "
+                              "sha256: refused")
+    _check_label_count(manifest["spec"], path)
+
+
+def _check_label_count(spec: dict[str, Any], path: Path | str) -> None:
+    logits = next(t for t in spec["outputs"] if t["name"] == "logits")
+    classes = logits["shape"][-1] if logits["shape"] else None
+    if isinstance(classes, int) and classes != len(spec["labels"]):
+        raise BundleError(f"{path}: the model outputs {classes} logits but spec.labels names {len(spec['labels'])} "
+                          "labels: refused")
 
 
 def _check_files(root: Path, files: dict[str, Any]) -> None:
@@ -86,10 +129,10 @@ def _check_files(root: Path, files: dict[str, Any]) -> None:
         path = safe_member(root, name)
         if not path.is_file():
             raise BundleError(f"bundle file {name!r} is missing from {root}")
-        want = entry.get("sha256") if isinstance(entry, dict) else None
-        if not isinstance(want, str):
-            raise BundleError(f"manifest.json has no sha256 for {name!r}")
-        if file_sha256(path) != want:
+        if path.stat().st_size != entry["bytes"]:
+            raise BundleError(f"bundle file {name!r} holds {path.stat().st_size} bytes, manifest.json says "
+                              f"{entry['bytes']}: it was modified or damaged; rebuild or re-download the bundle")
+        if file_sha256(path) != entry["sha256"]:
             raise BundleError(
                 f"bundle file {name!r} does not match its sha256 in manifest.json: "
                 "it was modified or damaged; rebuild or re-download the bundle"
@@ -119,20 +162,30 @@ class Bundle:
         self.spec = ModelSpec.from_dict(manifest["spec"])
         self.target: str = manifest["target"]
         self.precision: str = manifest["precision"]
-        self.model_path = safe_member(path, manifest["model_file"])
+        self.model_path = self.member(manifest["model_file"])
         self._encoder: Encoder | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> Bundle:
         root = Path(path)
         manifest = _read_manifest(root)
-        _check_files(root, manifest["files"])
+        try:
+            _check_files(root, manifest["files"])
+        except OSError as e:
+            raise BundleError(f"cannot read the bundle at {root}: {e.strerror or e}") from e
         return cls(root, manifest)
+
+    def member(self, name: str) -> Path:
+        """The path of a file the manifest lists (checked at open); anything else is refused."""
+        if name not in self.manifest["files"]:
+            raise BundleError(f"{self.path}: {name!r} is not listed in manifest.json: refused")
+        return safe_member(self.path, name)
 
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            self._encoder = encoder_for(self.spec, self.path)
+            tokenizer = self.spec.preprocessing.tokenizer if self.spec.kind == "text" else None
+            self._encoder = encoder_for(self.spec, self.member(tokenizer) if tokenizer else None)
         return self._encoder
 
     def runner(self) -> Runner:
@@ -150,31 +203,81 @@ class Bundle:
                     out.setdefault(name, []).append(value)
                 order.extend(idx)
         inverse = np.argsort(np.asarray(order))
-        return {name: np.concatenate(parts)[inverse] for name, parts in out.items()}
+        result = {name: np.concatenate(parts)[inverse] for name, parts in out.items()}
+        logits = result.get("logits")
+        if logits is None or logits.ndim != 2 or logits.shape[1] != len(self.spec.labels):
+            shape = None if logits is None else logits.shape
+            raise BundleError(f"{self.path}: the model returned logits of shape {shape} for {len(self.spec.labels)} "
+                              "labels: the model file does not match the manifest")
+        return result
 
     def self_test(self) -> SelfTest:
-        """Run the golden samples stored at conversion and compare with PyTorch's logits."""
+        """Run the golden samples from their stored texts or pixels (through the bundle's own
+        tokenizer) and compare with PyTorch's logits."""
         golden = self.manifest.get("golden")
         if not golden:
             raise BundleError(f"{self.path} carries no golden samples (converted without verification data)")
         start = time.perf_counter()
-        names = [t.name for t in self.spec.inputs]
-        with np.load(safe_member(self.path, golden["file"]), allow_pickle=False) as z:
-            rows = [{n: z[f"{i}/{n}"] for n in names} for i in range(golden["samples"])]
-            expected, top1 = z["pytorch_logits"], z["bundle_top1"]
+        samples, stored_rows, expected, top1 = read_golden(self.member(golden["file"]), self.spec, golden["samples"])
+        rows = self.encoder.encode(samples)
+        for i, (row, stored) in enumerate(zip(rows, stored_rows)):
+            if row_digest(row) != row_digest(stored):
+                raise BundleError(f"{self.path}: golden sample {i} does not encode to the inputs stored at conversion: "
+                                  f"{self.spec.preprocessing.tokenizer if self.spec.kind == 'text' else 'the encoder'} "
+                                  "was changed; rebuild or re-download the bundle")
         logits = self.run_rows(rows)["logits"]
+        if logits.shape != expected.shape:
+            raise BundleError(f"{self.path}: golden logits have shape {expected.shape}, the model gives {logits.shape}")
         diff = float(np.abs(logits - expected).max())
         ok = diff <= golden["tolerance"] and bool((logits.argmax(1) == top1).all())
         return SelfTest(ok, len(rows), diff, golden["tolerance"], time.perf_counter() - start)
 
-    def classify(self, samples: list, batch_size: int = 32) -> list[Prediction]:
-        """Classify text lines or uint8 HWC images with nothing but the runtime."""
-        probs = self.run_rows(self.encoder.encode(samples), batch_size)["probabilities"]
+    def classify(self, samples: Sequence[Any] | str, batch_size: int = 32) -> list[Prediction]:
+        """Classify text lines or uint8 HWC images with nothing but the runtime (one text may be
+        passed as a plain string)."""
+        if isinstance(samples, str) or (isinstance(samples, np.ndarray) and self.spec.kind == "image"
+                                        and samples.ndim in (2, 3)):
+            samples = [samples]
+        if samples is None or not isinstance(samples, (Sequence, np.ndarray)):
+            raise InputError(f"classify() takes a list of {'texts' if self.spec.kind == 'text' else 'images'}, "
+                             f"not {type(samples).__name__}")
+        if len(samples) == 0:
+            return []
+        probs = self.run_rows(self.encoder.encode(list(samples)), batch_size)["probabilities"]
         labels = self.spec.labels
         return [
             Prediction(labels[int(p.argmax())], int(p.argmax()), dict(zip(labels, map(float, p))))
             for p in probs
         ]
+
+
+def read_golden(path: Path, spec: ModelSpec, count: int) -> tuple[list, list, np.ndarray, np.ndarray]:
+    """The golden samples (texts or uint8 images), their stored encoded rows, PyTorch's logits and
+    the bundle's top-1, refusing anything malformed."""
+    if path.stat().st_size > _MAX_GOLDEN_BYTES:
+        raise BundleError(f"{path.name} is larger than {_MAX_GOLDEN_BYTES} bytes: refused")
+    names = [t.name for t in spec.inputs]
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if spec.kind == "text":
+                texts = z["texts"]
+                if texts.dtype.kind != "U" or texts.shape != (count,):
+                    raise ValueError(f"texts must be {count} strings, got {texts.dtype} {texts.shape}")
+                samples: list = [str(t) for t in texts]
+            rows = [{n: z[f"{i}/{n}"] for n in names} for i in range(count)]
+            expected, top1 = z["pytorch_logits"], z["bundle_top1"]
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise BundleError(f"{path.name} is not a valid golden file ({str(e)[:200]}): rebuild the bundle") from e
+    for row in rows:
+        for n, t in zip(names, spec.inputs):
+            if row[n].dtype != np.dtype(t.dtype) or row[n].ndim != len(t.shape) - 1:
+                raise BundleError(f"{path.name}: golden input {n!r} has dtype {row[n].dtype} and shape "
+                                  f"{row[n].shape}, the model takes {t.dtype} {list(t.shape)}")
+    if expected.dtype.kind != "f" or expected.shape != (count, len(spec.labels)) or top1.shape != (count,):
+        raise BundleError(f"{path.name}: golden logits must be {count} x {len(spec.labels)} floats")
+    if spec.kind == "image":
+        samples = [row[names[0]] for row in rows]
+    return samples, rows, expected, top1
 
 
 @dataclass(frozen=True)

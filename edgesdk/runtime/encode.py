@@ -18,6 +18,7 @@ from ..spec import ImagePreprocessing, ModelSpec, TextPreprocessing
 __all__ = ["Row", "Encoder", "TextEncoder", "ImageEncoder", "encoder_for", "row_digest"]
 
 Row = dict[str, np.ndarray]
+MAX_TOKENIZER_BYTES = 256 << 20
 
 
 def row_digest(row: Row) -> bytes:
@@ -48,9 +49,13 @@ class TextEncoder(Encoder):
         from tokenizers import Tokenizer
 
         try:
-            self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        except Exception as e:  # tokenizers raises plain Exception subclasses
-            raise InputError(f"{tokenizer_file}: not a readable tokenizer.json ({e})") from e
+            if Path(tokenizer_file).stat().st_size > MAX_TOKENIZER_BYTES:
+                raise InputError(f"{tokenizer_file} is larger than {MAX_TOKENIZER_BYTES} bytes: refused")
+            self.tokenizer = Tokenizer.from_str(Path(tokenizer_file).read_text(encoding="utf-8"))
+        except InputError:
+            raise
+        except Exception as e:  # OSError, UnicodeDecodeError, and tokenizers' plain Exception subclasses
+            raise InputError(f"{tokenizer_file}: not a readable tokenizer.json ({str(e)[:200]})") from e
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(pre.max_length)
         self.pre = pre
@@ -123,9 +128,11 @@ class ImageEncoder(Encoder):
             yield idx, {self.input_name: np.stack([rows[j][self.input_name] for j in idx])}
 
 
-def encoder_for(spec: ModelSpec, folder: Path) -> Encoder:
-    """The encoder for a spec whose tokenizer (for text) lies in ``folder``."""
+def encoder_for(spec: ModelSpec, tokenizer_file: Path | None) -> Encoder:
+    """The encoder for a spec; text needs the path of its (already checked) tokenizer.json."""
     pre = spec.preprocessing
     if isinstance(pre, TextPreprocessing):
-        return TextEncoder(folder / pre.tokenizer, pre, [t.name for t in spec.inputs])
+        if tokenizer_file is None:
+            raise InputError("a text model needs its tokenizer.json")
+        return TextEncoder(tokenizer_file, pre, [t.name for t in spec.inputs])
     return ImageEncoder(pre, spec.inputs[0].name)

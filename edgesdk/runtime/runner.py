@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, TargetError
+from ..errors import BundleError, EdgeSDKError, InputError, TargetError
 from ..spec import ModelSpec
 
 __all__ = ["Runner", "import_runtime"]
@@ -37,7 +37,14 @@ class Runner:
         self.active = False
 
     def __enter__(self) -> Runner:
-        self.activate()
+        try:
+            self.activate()
+        except EdgeSDKError:
+            raise
+        except Exception as e:  # each runtime raises its own types for a bad model file
+            raise BundleError(f"{type(self).__name__} cannot load {self.model_path.name} "
+                              f"({type(e).__name__}: {str(e)[:300]}): the model file is damaged or not for this "
+                              "runtime; rebuild the bundle") from e
         self.active = True
         return self
 
@@ -56,7 +63,14 @@ class Runner:
         if not self.active:
             raise TargetError(f"{type(self).__name__}: use the runner inside a `with` block")
         self._check(feeds)
-        return self._infer(feeds)
+        try:
+            return self._infer(feeds)
+        except EdgeSDKError:
+            raise
+        except Exception as e:
+            raise BundleError(f"{type(self).__name__} failed to run {self.model_path.name} "
+                              f"({type(e).__name__}: {str(e)[:300]}): the model file does not match the manifest's "
+                              "inputs; rebuild the bundle") from e
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError

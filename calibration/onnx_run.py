@@ -1,0 +1,52 @@
+"""Run in-memory ONNX models in onnxruntime: sessions, extra outputs, logits over encoded rows.
+
+The float model is loaded once per calibration and passed around as an ``onnx.ModelProto``;
+every trial is a rewritten copy serialized straight into a session, never re-read from disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ort_session", "with_outputs", "onnx_logits", "run_outputs"]
+
+
+def ort_session(model: Any, threads: int = 2):
+    """An onnxruntime CPU session of ``model`` (a ModelProto or serialized bytes)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def with_outputs(model: Any, names: Iterable[str]) -> Any:
+    """A copy of ``model`` that also returns the float tensors ``names``."""
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    present = {o.name for o in out.graph.output}
+    out.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                            for n in names if n not in present)
+    return out
+
+
+def run_outputs(model: Any, names: list[str], rows: list, encoder, batch_size: int = 16):
+    """Yield (feeds, {name: value}) per batch of ``rows`` for the named outputs of ``model``."""
+    session = ort_session(with_outputs(model, names))
+    for _, feeds in encoder.batches(rows, batch_size):
+        yield feeds, dict(zip(names, session.run(names, feeds)))
+
+
+def onnx_logits(model: Any, rows: list, encoder) -> np.ndarray:
+    """The ``logits`` output of ``model`` over encoded ``rows``, in order."""
+    session = ort_session(model)
+    parts = [session.run(["logits"], feeds)[0] for _, feeds in encoder.batches(rows, 16)]
+    return np.concatenate(parts).astype(np.float64)

@@ -1,0 +1,63 @@
+"""Pruning fidelity: did vocabulary pruning change the model's answers? A gate apart from runtime parity.
+
+Runtime parity compares each bundle with the *pruned* PyTorch model (is the runtime
+faithful?); this compares the pruned model with the original one on the verification data
+(did pruning keep the predictions?), with counts, a confidence bound, the share of texts that
+still tokenize exactly, and advice when it fails.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .parity import Thresholds, compare
+
+__all__ = ["pruning_fidelity", "DEFAULT_MIN_PRUNING_AGREEMENT"]
+
+DEFAULT_MIN_PRUNING_AGREEMENT = 0.99
+
+
+def _tokens(encoder: Any, texts: list[str]) -> list[list[str]]:
+    tokenizer = encoder.tokenizer
+    return [[tokenizer.id_to_token(int(i)) for i in row["input_ids"]] for row in encoder.encode(texts)]
+
+
+def pruning_fidelity(original: Any, pruned: Any, texts: list[str], labels: np.ndarray, original_logits: np.ndarray,
+                     pruned_logits: np.ndarray, min_agreement: float = DEFAULT_MIN_PRUNING_AGREEMENT,
+                     heldout: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The pruning gate on the verification texts: agreement of the pruned model with the original
+    (95% lower bound), accuracy change, exact-tokenization share, and what to do when it fails."""
+    result = compare(original_logits, pruned_logits,
+                     Thresholds(max_abs_diff=None, min_agreement=min_agreement, confidence=0.95), labels)
+    exact = np.array([a == b for a, b in zip(_tokens(original.encoder(), texts), _tokens(pruned.encoder(), texts))])
+    agree = original_logits.argmax(1) == pruned_logits.argmax(1)
+    figures = {
+        "texts": len(texts), "texts_exact": int(exact.sum()), "exact_share": float(exact.mean()),
+        "agreement_exact": float(agree[exact].mean()) if exact.any() else None,
+        "agreement_other": float(agree[~exact].mean()) if (~exact).any() else None,
+    }
+    reason = result.reason
+    if result.status == "fail":
+        reason += "; " + _advice(figures, heldout)
+    return {"name": "pruning fidelity", "status": result.status, "reason": reason, "parity": result.to_dict(),
+            **figures}
+
+
+def _advice(figures: dict[str, Any], heldout: dict[str, Any] | None) -> str:
+    """What to do, in numbers: pruning (not the runtime) changed these answers."""
+    other = figures["texts"] - figures["texts_exact"]
+    text = (f"pruning, not the runtime, changed these answers: {figures['exact_share']:.0%} of the verification texts "
+            f"tokenize exactly as before")
+    if figures["agreement_exact"] is not None:
+        text += f" (agreement {figures['agreement_exact']:.2%} on them"
+        text += f", {figures['agreement_other']:.2%} on the {other} others)" if other else ")"
+    if heldout and heldout.get("curve"):
+        half = next((share for fraction, share in heldout["curve"] if fraction >= 0.5), None)
+        whole = heldout["curve"][-1][1]
+        if half is not None and whole - half > 0.01:
+            text += (f"; your held-out texts tokenize exactly at {whole:.0%} with the whole corpus and {half:.0%} "
+                     "with half of it, so more corpus lines would help")
+    return (text + ": add corpus lines like this traffic (--corpus), keep rarer pieces (--min-token-count 1, "
+            "--forced-tokens), or convert without pruning (--passes fold_batchnorm,fuse_branches)")
