@@ -43,10 +43,12 @@ APPS = {"onnx": "onnxruntime_app.py", "openvino": "openvino_app.py", "tflite": "
 
 def _random_json(rng: random.Random, depth: int = 0):
     choice = rng.randrange(8 if depth < 3 else 5)
+    if choice == 5:
+        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(3))]
+    if choice == 6:
+        return {str(rng.randrange(9)): _random_json(rng, depth + 1) for _ in range(rng.randrange(3))}
     return [None, True, rng.randint(-5, 10**9), rng.random() * 1e6, "".join(rng.choices("ab./\\:~ \x00é", k=5)),
-            [_random_json(rng, depth + 1) for _ in range(rng.randrange(3))],
-            {str(rng.randrange(9)): _random_json(rng, depth + 1) for _ in range(rng.randrange(3))},
-            "[" * 5000][choice]
+            None, None, "[" * 5000][choice]
 
 
 def _mutate(folder: Path, secret: Path, rng: random.Random) -> str:
