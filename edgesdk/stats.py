@@ -8,10 +8,9 @@ library only, so the torch-free runtime shares them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from statistics import NormalDist
 
-__all__ = ["Proportion", "wilson_interval", "paired_drop_upper", "samples_to_show", "labels_to_show", "z_score"]
+__all__ = ["wilson_interval", "paired_drop_upper", "samples_to_show", "labels_to_show", "z_score"]
 
 
 def z_score(confidence: float) -> float:
@@ -66,22 +65,3 @@ def samples_to_show(threshold: float, confidence: float = 0.95, changed: int = 0
         else:
             low = mid
     return n
-
-
-@dataclass(frozen=True)
-class Proportion:
-    """A count out of a total with its one-sided bounds."""
-
-    count: int
-    total: int
-    lower: float
-    upper: float
-
-    @classmethod
-    def of(cls, count: int, total: int, confidence: float = 0.95) -> Proportion:
-        lower, upper = wilson_interval(count, total, confidence)
-        return cls(int(count), int(total), lower, upper)
-
-    @property
-    def value(self) -> float:
-        return self.count / self.total if self.total else 0.0
