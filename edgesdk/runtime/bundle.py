@@ -7,6 +7,7 @@ relative, inside the bundle and listed with its size and sha256, and is checked 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -95,12 +96,19 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
+@functools.cache
+def _validator():
+    """The manifest schema's validator, read and checked once per process."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
+
+
 def validate_manifest(manifest: dict[str, Any], path: Path | str = MANIFEST) -> None:
     """Refuse a manifest that does not follow manifest.schema.json, or names a file it does not list."""
     import jsonschema
 
-    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(manifest))
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(manifest))
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         raise BundleError(f"{path}: field {where}: {error.message[:300]}; the bundle is damaged or was not "
