@@ -49,6 +49,7 @@ def _rows(folder: Path, split: list[tuple[str, int]]):
 
 def _logits(model: Path, rows, encoder) -> np.ndarray:
     import onnx
+
     from edgesdk.calibration.onnx_run import onnx_logits
 
     return onnx_logits(onnx.load(str(model)), rows, encoder)

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from edgesdk.converters import run_passes
-from edgesdk.converters.export import export_onnx
 from torch import nn
 
 from edgesdk import ImageClassifier, ImagePreprocessing
+from edgesdk.converters import run_passes
+from edgesdk.converters.export import export_onnx
 
 
 def convbn(cin, cout, k, stride=1, groups=1):

@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 import torch
-from edgesdk.converters.corpus_counts import open_tokenizer
-from edgesdk.converters.prune_vocab import PruneVocabulary
 
 from edgesdk import TextClassifier
+from edgesdk.converters.corpus_counts import open_tokenizer
+from edgesdk.converters.prune_vocab import PruneVocabulary
 from edgesdk.hf_folder import quiet_transformers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def _prune(classifier: TextClassifier, corpus: list[str], heldout: list[str], wo
         "tokenizer_mb_before": n["tokenizer_bytes_before"] / 1e6,
         "tokenizer_mb_after": n["tokenizer_bytes_after"] / 1e6,
         "heldout_exact": n["heldout"]["exact_share"], "heldout_unk_after": n["heldout"]["unk_rate_after"],
-        "prune_s": seconds, "lines_per_s": n["lines_per_s"], "corpus_lines": n["corpus_lines"],
+        "prune_s": seconds, "lines_per_s": n["timing"]["lines_per_s"], "corpus_lines": n["corpus_lines"],
     }
     if logit_texts:
         row["max_abs_logit_diff_exact"], row["max_abs_logit_diff_other"] = _logit_diffs(

@@ -19,6 +19,7 @@ _LAZY = {
     "ImageClassifier": "edgesdk.models",
     "load_classifier": "edgesdk.models",
     "convert": "edgesdk.pipeline",
+    "ConvertConfig": "edgesdk.config",
     "ConversionResult": "edgesdk.pipeline",
     "verify_bundle": "edgesdk.verify",
     "load_bundle": "edgesdk.runtime",

@@ -10,6 +10,7 @@ Everything is seeded, so two runs give identical bundles.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import __version__
+from .junit import write_junit
 from .models import ImageClassifier, TextClassifier, load_weights
 from .pipeline import ConversionResult, convert
 from .report import render_html
@@ -201,12 +204,16 @@ def run_demo(out: str | Path, targets: tuple[str, ...] = DEMO_TARGETS, precision
     image = digits_classifier()
     load_weights(image.model, out / "models" / "digits-cnn.safetensors")
     results = [
-        convert(text, out / "text", targets, precisions, out / "data" / "topics-val.tsv",
+        convert(text, out / "text", targets=targets, precisions=precisions, verify_on=out / "data" / "topics-val.tsv",
                 overwrite=overwrite, quiet=quiet, corpus=[out / "data" / "topics-corpus.txt"],
-                pass_options={"prune_vocabulary": {"heldout": out / "data" / "other-topics.txt"}},
-                calibration=out / "data" / "other-topics.txt"),
-        convert(image, out / "image", targets, precisions, out / "data" / "digits-val.npz",
-                overwrite=overwrite, quiet=quiet, calibration=out / "data" / "digits-calibration.npz"),
+                heldout=out / "data" / "other-topics.txt", calibration=out / "data" / "other-topics.txt"),
+        convert(image, out / "image", targets=targets, precisions=precisions,
+                verify_on=out / "data" / "digits-val.npz", overwrite=overwrite, quiet=quiet,
+                calibration=out / "data" / "digits-calibration.npz"),
     ]
     (out / "report.html").write_text(render_html([r.report for r in results]), encoding="utf-8")
+    models = [json.loads((r.out / "report.json").read_text(encoding="utf-8"))["models"][0] for r in results]
+    (out / "report.json").write_text(json.dumps({"edgesdk": __version__, "models": models}, indent=2) + "\n",
+                                     encoding="utf-8")
+    write_junit(out / "junit.xml", models)
     return results

@@ -7,6 +7,7 @@ come from the model's forward signature, the embedding from ``get_input_embeddin
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,10 +15,9 @@ from pathlib import Path
 import torch
 
 from .errors import ModelError
-from .models import TextClassifier, read_json, text_spec
-from .spec import TextPreprocessing
+from .spec import ModelSpec, TextPreprocessing, text_spec
 
-__all__ = ["load_hf_classifier", "quiet_transformers"]
+__all__ = ["read_hf_folder", "quiet_transformers"]
 
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
@@ -84,12 +84,31 @@ def _max_length(path: Path, config: dict, tokenizer: dict, max_length: int | Non
     return min(limit, 512)
 
 
-def load_hf_classifier(path: Path, labels: list[str] | None, max_length: int | None) -> TextClassifier:
-    """Load, check and describe a sequence classifier folder; see ``TextClassifier``."""
-    from tokenizers import Tokenizer
+def read_hf_folder(path: Path, labels: list[str] | None, max_length: int | None) -> tuple[torch.nn.Module, ModelSpec]:
+    """Load, check and describe a sequence classifier folder: its network in eval mode and its
+    spec (``TextClassifier.from_pretrained`` wraps them with the folder's tokenizer.json)."""
+    config = _check_folder(path)
+    model = _load_model(path)
+    tokenizer_json = read_json(path / "tokenizer.json", "tokenizer.json")
+    _check_tokenizer(path, model)
+    padding = tokenizer_json.get("padding") or {}
+    pad_id = padding.get("pad_id", config.get("pad_token_id") or 0)
+    pre = TextPreprocessing(max_length=_max_length(path, config, tokenizer_json, max_length), pad_id=int(pad_id))
+    spec = text_spec(path.name, _labels(path, model, config, labels), _input_names(model, config), pre,
+                     {"type": "huggingface", "folder": path.name, "weights_sha256": _weights_sha256(path)})
+    return model, spec
+
+
+def _weights_sha256(path: Path) -> str:
+    """The hash of the folder's safetensors weights (or of their shard index)."""
+    from .runtime.bundle import file_sha256
+
+    return file_sha256(next(path / w for w in _WEIGHTS if (path / w).is_file()))
+
+
+def _load_model(path: Path) -> torch.nn.Module:
     from transformers import AutoModelForSequenceClassification
 
-    config = _check_folder(path)
     try:
         with quiet_transformers():
             model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -107,8 +126,12 @@ def load_hf_classifier(path: Path, labels: list[str] | None, max_length: int | N
             f"{sorted(info.get('mismatched_keys') or [])[:5]}: not a trained classifier, or labels "
             "in config.json that don't match the head"
         )
-    model.eval()
-    tokenizer_json = read_json(path / "tokenizer.json", "tokenizer.json")
+    return model.eval()
+
+
+def _check_tokenizer(path: Path, model: torch.nn.Module) -> None:
+    from tokenizers import Tokenizer
+
     try:
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
     except Exception as e:
@@ -119,11 +142,16 @@ def load_hf_classifier(path: Path, labels: list[str] | None, max_length: int | N
             f"{path}: tokenizer.json has {tokenizer.get_vocab_size(with_added_tokens=True)} tokens but "
             f"the embedding has {rows} rows: the tokenizer belongs to another model"
         )
-    params = inspect.signature(model.forward).parameters
-    input_names = ["input_ids", "attention_mask"]
-    if "token_type_ids" in params and int(config.get("type_vocab_size", 0)) > 1:
-        input_names.append("token_type_ids")
 
+
+def _input_names(model: torch.nn.Module, config: dict) -> list[str]:
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in inspect.signature(model.forward).parameters and int(config.get("type_vocab_size", 0)) > 1:
+        names.append("token_type_ids")
+    return names
+
+
+def _labels(path: Path, model: torch.nn.Module, config: dict, labels: list[str] | None) -> list[str]:
     id2label = config.get("id2label") or {}
     label_list = labels or [id2label[k] for k in sorted(id2label, key=int)]
     with torch.inference_mode():
@@ -133,9 +161,15 @@ def load_hf_classifier(path: Path, labels: list[str] | None, max_length: int | N
             f"{path}: the head outputs {n_logits} logits but {len(label_list or [])} labels are "
             "known: set id2label in config.json or pass labels=[...] with one label per class"
         )
-    padding = tokenizer_json.get("padding") or {}
-    pad_id = padding.get("pad_id", config.get("pad_token_id") or 0)
-    pre = TextPreprocessing(max_length=_max_length(path, config, tokenizer_json, max_length), pad_id=int(pad_id))
-    spec = text_spec(path.name, list(label_list), input_names, pre,
-                     {"type": "huggingface", "path": str(path.resolve())})
-    return TextClassifier(model=model, spec=spec, tokenizer_file=path / "tokenizer.json")
+    return list(label_list)
+
+
+def read_json(path: Path, what: str) -> dict:
+    """Read a JSON object or raise a ModelError naming the file."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: unreadable {what} ({e})") from e
+    if not isinstance(value, dict):
+        raise ModelError(f"{path}: {what} must be a JSON object")
+    return value

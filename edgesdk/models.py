@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from torch import nn
 
 from .errors import ModelError
 from .runtime.encode import Encoder, Row, TextEncoder, encoder_for
-from .spec import ImagePreprocessing, ModelSpec, TensorSpec, TextPreprocessing
+from .spec import ImagePreprocessing, ModelSpec, TensorSpec
 
 __all__ = ["Classifier", "TextClassifier", "ImageClassifier", "load_classifier", "load_weights"]
 
@@ -96,9 +95,10 @@ class TextClassifier(Classifier):
         cls, path: str | Path, labels: list[str] | None = None, max_length: int | None = None
     ) -> TextClassifier:
         """Load a sequence-classification folder (config.json, safetensors, tokenizer.json)."""
-        from .hf_folder import load_hf_classifier
+        from .hf_folder import read_hf_folder
 
-        return load_hf_classifier(Path(path), labels, max_length)
+        model, spec = read_hf_folder(Path(path), labels, max_length)
+        return cls(model=model, spec=spec, tokenizer_file=Path(path) / "tokenizer.json")
 
     def graph(self) -> nn.Module:
         return _TextGraph(self.model)
@@ -119,24 +119,6 @@ class TextClassifier(Classifier):
         batch = torch.export.Dim("batch", max=4096)
         seq = torch.export.Dim("sequence", max=self.spec.preprocessing.max_length)
         return tuple({0: batch, 1: seq} for _ in self.spec.inputs)
-
-
-def text_spec(name: str, labels: list[str], input_names: list[str], pre: TextPreprocessing,
-              source: dict[str, str]) -> ModelSpec:
-    """The spec of a text classifier taking int64 (batch, sequence) inputs."""
-    n = len(labels)
-    return ModelSpec(
-        kind="text",
-        name=name,
-        labels=tuple(labels),
-        inputs=tuple(TensorSpec(i, "int64", ("batch", "sequence")) for i in input_names),
-        outputs=(
-            TensorSpec("logits", "float32", ("batch", n)),
-            TensorSpec("probabilities", "float32", ("batch", n)),
-        ),
-        preprocessing=pre,
-        source=source,
-    )
 
 
 class _ImageGraph(nn.Module):
@@ -268,14 +250,3 @@ def load_classifier(source: str, weights: str | None = None, **kwargs) -> Classi
 
         source_info["weights_sha256"] = file_sha256(Path(weights))
     return dataclasses.replace(classifier, spec=dataclasses.replace(classifier.spec, source=source_info))
-
-
-def read_json(path: Path, what: str) -> dict:
-    """Read a JSON object or raise a ModelError naming the file."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path}: unreadable {what} ({e})") from e
-    if not isinstance(value, dict):
-        raise ModelError(f"{path}: {what} must be a JSON object")
-    return value

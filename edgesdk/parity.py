@@ -14,7 +14,7 @@ import numpy as np
 from .errors import InputError
 from .stats import labels_to_show, paired_drop_upper, samples_to_show, wilson_interval
 
-__all__ = ["Thresholds", "ParityResult", "compare", "skipped", "default_thresholds"]
+__all__ = ["Thresholds", "ParityResult", "compare", "gates", "skipped", "default_thresholds"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,34 @@ class ParityResult:
         d = {k: v for k, v in d.items() if k in known}
         d["thresholds"] = Thresholds(**d["thresholds"])
         return cls(**d)
+
+
+def gates(result: ParityResult) -> list[tuple[str, str, str]]:
+    """Each gate of a parity result on its own: (gate, "pass" | "fail" | "skipped", message).
+
+    An accuracy drop that the labels cannot show is "skipped" (agreement still bounds it).
+    """
+    if result.status == "skipped":
+        return [("parity", "skipped", result.reason)]
+    t, stats = result.thresholds, asdict(result)
+    out = []
+    if t.max_abs_diff is not None:
+        ok = (result.worst_tolerance_ratio or 0.0) <= 1
+        out.append(("logits", "pass" if ok else "fail", f"max |Δlogit| {result.max_abs_diff:.3g}, allowed "
+                    f"{t.max_abs_diff:.3g} + {t.rtol:.3g}·|logit|"))
+    failed = _agreement_failures(stats, t)
+    out.append(("top-1 agreement", "fail" if failed else "pass", failed[0] if failed else
+                f"{result.agreement:.2%} ({result.agreeing}/{result.samples}), lower bound "
+                f"{result.agreement_lower:.2%} >= {t.min_agreement:.2%}"))
+    if t.max_accuracy_drop is not None and result.accuracy_reference is not None:
+        failed = _accuracy_failures(stats, t)
+        status = ("skipped" if _accuracy_not_shown(stats, t) else "fail") if failed else "pass"
+        out.append(("accuracy drop", status, failed[0] if failed else
+                    f"{result.accuracy_reference - result.accuracy_bundle:+.2%} ({result.lost} lost, "
+                    f"{result.gained} gained of {result.labeled}) <= {t.max_accuracy_drop:.2%}"))
+    if result.status == "fail" and all(status != "fail" for _, status, _ in out):
+        out.append(("verdict", "fail", result.reason))
+    return out
 
 
 def skipped(reason: str, thresholds: Thresholds) -> ParityResult:

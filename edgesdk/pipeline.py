@@ -20,12 +20,14 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .baseline import read_report
 from .bundle import staged_output, write_arrays, write_manifest, write_npz
 from .calibration import MIN_SAMPLES, RANGE_METHODS, Budget, Calibration, Judge, LayerChoice, calibrate
+from .config import ConvertConfig
 from .converters import PASSES, run_passes
 from .data import Samples, read_samples
 from .errors import EdgeSDKError, InputError
-from .fidelity import DEFAULT_MIN_PRUNING_AGREEMENT, pruning_fidelity
+from .fidelity import pruning_fidelity
 from .models import Classifier, TextClassifier
 from .parity import ParityResult, Thresholds, compare, default_thresholds, skipped
 from .progress import Steps
@@ -35,11 +37,12 @@ from .runtime.bundle import Bundle
 from .runtime.encode import row_digest
 from .targets import TARGETS, Target
 
-__all__ = ["convert", "ConversionResult", "BundleRecord", "Verification", "REFERENCE_FILE"]
+__all__ = ["convert", "ConversionResult", "BundleRecord", "Verification", "REFERENCE_FILE", "TIMING", "without_timing"]
 
 REFERENCE_FILE = "reference.safetensors"
 ROBUSTNESS_SAMPLES = 200  # the first verification samples are perturbed (upper case, typo, noise...)
 GOLDEN_FILE = "golden.npz"
+TIMING = "timing"  # key of wall-clock figures: in report.json, never in a manifest
 
 
 @dataclass
@@ -209,10 +212,10 @@ def _latency(bundle: Bundle, rows: list, runs: int = 30) -> dict[str, float]:
     return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
 
 
-def _build_one(target: Target, precision: str, classifier: Classifier, artifacts: Artifacts,
-               folder: Path, verification: Verification | None, thresholds: Thresholds,
-               passes: list[dict[str, Any]]) -> BundleRecord:
-    name = f"{target.name}-{precision}"
+def _build_one(target: Target, precision: str, config: ConvertConfig, classifier: Classifier, artifacts: Artifacts,
+               folder: Path, verification: Verification | None, passes: list[dict[str, Any]]) -> BundleRecord:
+    """Write one bundle's files and manifest, then run it in its runtime against PyTorch."""
+    thresholds = config.thresholds(precision)
     folder.mkdir()
     notes = target.build(artifacts, precision, folder)
     if isinstance(classifier, TextClassifier):
@@ -223,44 +226,68 @@ def _build_one(target: Target, precision: str, classifier: Classifier, artifacts
             "logits": verification.reference,
             "labels": verification.samples.labels,
         })
-    manifest = {
-        "format": "edgesdk-bundle",
-        "name": f"{classifier.spec.name}-{name}",
-        "target": target.name,
-        "runtime": target.runtime,
-        "precision": precision,
-        "model_file": target.model_file,
-        "spec": classifier.spec.to_dict(),
-        "build": notes,
-        "passes": passes,
-        "reference": {"file": REFERENCE_FILE, "samples": len(verification.rows)} if verification else None,
-        "versions": _versions(type(target)),
-    }
+    manifest = _manifest(target, precision, config, classifier, notes, passes, verification)
     write_manifest(folder, {**manifest, "parity": skipped("pending", thresholds).to_dict()})
-    bundle = Bundle.open(folder)
-    record = BundleRecord(name, target.name, precision, "skipped", "", path=folder, notes=notes)
+    record = BundleRecord(folder.name, target.name, precision, "skipped", "", path=folder, notes=notes)
     reason = target.parity_skip_reason()
     if verification is None:
         reason = "no verification data was given (pass verify_on / --verify-on)"
     if reason:
         record.parity = skipped(reason, thresholds)
     else:
-        logits = bundle.run_rows(verification.rows)["logits"]
-        record.parity = compare(verification.reference, logits, thresholds, verification.samples.labels)
-        manifest["golden"] = _write_golden(folder, verification, logits, thresholds)
-        record.robustness = _robustness(bundle, verification, logits)
-        calibration = notes.get("calibration", {})
-        if calibration.get("met_budget") is False:
-            record.parity = replace(record.parity, status="fail", reason=(
-                f"edgesdk's calibration could not meet the int8 budget on {calibration['judged_on']} "
-                f"({calibration['judge_samples']} samples) with any float layers it tried; this is the best "
-                f"configuration found ({record.parity.reason})"))
-        record.logits = logits
-        record.latency_ms = _latency(bundle, verification.rows)
+        manifest["golden"] = _verify(Bundle.open(folder), record, verification, thresholds)
     record.status, record.reason = record.parity.status, record.parity.reason
     write_manifest(folder, {**manifest, "parity": record.parity.to_dict()})
     record.bytes = sum(p.stat().st_size for p in folder.iterdir())
     return record
+
+
+def _manifest(target: Target, precision: str, config: ConvertConfig, classifier: Classifier, notes: dict[str, Any],
+              passes: list[dict[str, Any]], verification: Verification | None) -> dict[str, Any]:
+    """The bundle's manifest without its parity: the same bytes for the same inputs on every run
+    (timings go to report.json only)."""
+    return {
+        "format": "edgesdk-bundle",
+        "name": f"{classifier.spec.name}-{target.name}-{precision}",
+        "target": target.name,
+        "runtime": target.runtime,
+        "precision": precision,
+        "model_file": target.model_file,
+        "spec": classifier.spec.to_dict(),
+        "config": config.to_dict(),
+        "build": without_timing(notes),
+        "passes": without_timing(passes),
+        "reference": {"file": REFERENCE_FILE, "samples": len(verification.rows)} if verification else None,
+        "versions": _versions(type(target)),
+    }
+
+
+def without_timing(value: Any) -> Any:
+    """``value`` without its ``timing`` entries (wall-clock figures that differ on every run)."""
+    if isinstance(value, dict):
+        return {k: without_timing(v) for k, v in value.items() if k != TIMING}
+    if isinstance(value, list):
+        return [without_timing(v) for v in value]
+    return value
+
+
+def _verify(bundle: Bundle, record: BundleRecord, verification: Verification, thresholds: Thresholds
+            ) -> dict[str, Any]:
+    """Run the bundle on the verification data and fill ``record`` (parity, robustness, latency);
+    returns the manifest's golden entry."""
+    logits = bundle.run_rows(verification.rows)["logits"]
+    record.parity = compare(verification.reference, logits, thresholds, verification.samples.labels)
+    golden = _write_golden(bundle.path, verification, logits, thresholds)
+    record.robustness = _robustness(bundle, verification, logits)
+    calibration = record.notes.get("calibration", {})
+    if calibration.get("met_budget") is False:
+        record.parity = replace(record.parity, status="fail", reason=(
+            f"edgesdk's calibration could not meet the int8 budget on {calibration['judged_on']} "
+            f"({calibration['judge_samples']} samples) with any float layers it tried; this is the best "
+            f"configuration found ({record.parity.reason})"))
+    record.logits = logits
+    record.latency_ms = _latency(bundle, verification.rows)
+    return golden
 
 
 def _robustness(bundle: Bundle, verification: Verification, logits: np.ndarray) -> dict[str, dict[str, float]]:
@@ -294,7 +321,7 @@ def _write_golden(folder: Path, verification: Verification, logits: np.ndarray, 
             "tolerance": max(thresholds.max_abs_diff or 0.0, 2 * observed, 1e-5)}
 
 
-def _plan(targets: list[str], precisions: list[str]) -> list[tuple[Target, str]]:
+def _plan(targets: tuple[str, ...], precisions: tuple[str, ...]) -> list[tuple[Target, str]]:
     plan = []
     for t in targets:
         target = TARGETS.get(t)()
@@ -308,109 +335,126 @@ def _plan(targets: list[str], precisions: list[str]) -> list[tuple[Target, str]]
     return plan
 
 
-def convert(
-    model: Classifier,
-    out: str | Path,
-    targets: list[str] | tuple[str, ...] = ("onnx",),
-    precisions: list[str] | tuple[str, ...] = ("fp32",),
-    verify_on: str | Path | None = None,
-    passes: list[str] | None = None,
-    thresholds: dict[str, Thresholds] | None = None,
-    overwrite: bool = False,
-    quiet: bool = False,
-    corpus: list[str | Path] | None = None,
-    pass_options: dict[str, dict[str, Any]] | None = None,
-    calibration: str | Path | None = None,
-    range_method: str = "mse",
-    calibration_samples: int = 300,
-    float_layers: list[str] | tuple[str, ...] = (),
-    int8_layers: list[str] | tuple[str, ...] = (),
-    min_pruning_agreement: float = DEFAULT_MIN_PRUNING_AGREEMENT,
-) -> ConversionResult:
+@dataclass(frozen=True)
+class _Job:
+    """A checked conversion: which bundles, which passes with which options, which data."""
+
+    config: ConvertConfig
+    bundles: list[tuple[Target, str]]
+    pass_names: list[str]
+    pass_options: dict[str, dict[str, Any]]
+    samples: Samples | None
+    calibration: CalibrationPlan | None
+    inputs: list[Path]
+
+
+def _prepare(model: Classifier, config: ConvertConfig) -> _Job:
+    """Check everything that can be checked before any work or any write."""
+    bundles = _plan(config.targets, config.precisions)
+    pass_names = list(PASSES.names()) if config.passes is None else list(config.passes)
+    prune = {key: value for key, value in (("corpus", list(config.corpus)), ("heldout", config.heldout),
+                                           ("min_count", config.min_token_count), ("max_vocab", config.max_vocab),
+                                           ("forced_tokens", config.forced_tokens)) if value}
+    options = {"prune_vocabulary": prune} if config.corpus else {}
+    if not config.corpus and len(prune):
+        raise InputError(f"{', '.join(sorted(prune))} only apply to vocabulary pruning: give a corpus too")
+    for name in [*pass_names, *options]:
+        PASSES.get(name)(**options.get(name, {}))  # unknown names and bad options fail before any work
+    samples = read_samples(config.verify_on, model.spec) if config.verify_on is not None else None
+    plan = _calibration_plan(model, config)
+    inputs = [*model.input_paths(), *(Path(p) for p in (config.verify_on, config.calibration, config.heldout,
+                                                         config.forced_tokens, *config.corpus) if p)]
+    return _Job(config, bundles, pass_names, options, samples, plan, inputs)
+
+
+def convert(model: Classifier, out: str | Path, config: ConvertConfig | None = None, *, overwrite: bool = False,
+            quiet: bool = False, baseline: str | Path | None = None, **options: Any) -> ConversionResult:
     """Convert ``model`` into one verified bundle per target x precision under ``out``.
 
-    ``passes`` defaults to every registered pass that applies; ``corpus`` (text files, one
-    document per line) turns on vocabulary pruning; ``pass_options`` maps a pass name to
-    its keyword arguments; ``thresholds`` maps a precision to its parity thresholds.
-    int8 bundles are calibrated on the first ``calibration_samples`` of ``calibration``
-    (same formats as ``verify_on``) with ``range_method``; the int8 thresholds are also
-    the budget the float fallbacks are chosen for, judged on the verification data.
-    ``float_layers`` / ``int8_layers`` force layers (module names or shell patterns) to
-    stay float or int8. When a pass that is not exact (vocabulary pruning) changed the model,
-    bundles are compared with the rewritten PyTorch model and the rewrite with the original,
-    on its own gate (``min_pruning_agreement``, judged on its 95% lower bound).
+    What to build is a ``ConvertConfig``, given whole or as its fields (``targets=["onnx"],
+    precisions=["fp32", "int8"], verify_on="val.tsv", corpus=[...]``: keywords override the
+    config's). ``passes`` defaults to every registered pass that applies; ``corpus`` turns on
+    vocabulary pruning; int8 bundles are calibrated on the first ``calibration_samples`` of
+    ``calibration`` with ``range_method``, and their float fallbacks chosen for the int8
+    thresholds on the verification data; ``float_layers`` / ``int8_layers`` force layers.
+    When a pass that is not exact (vocabulary pruning) changed the model, bundles are compared
+    with the rewritten PyTorch model, and the rewrite with the original on its own gate
+    (``min_pruning_agreement``, judged on its 95% lower bound). ``baseline``, an earlier
+    report.json, puts each bundle's change since then at the top of the report.
     """
     if not isinstance(model, Classifier):
         raise InputError(f"convert() takes an edgesdk TextClassifier or ImageClassifier, not {type(model).__name__}")
-    bundles = _plan(list(targets), list(precisions))
-    pass_names = list(PASSES.names()) if passes is None else list(passes)
-    options = {name: dict(kwargs) for name, kwargs in (pass_options or {}).items()}
-    if corpus:
-        options.setdefault("prune_vocabulary", {})["corpus"] = list(corpus)
-    for name in [*pass_names, *options]:
-        PASSES.get(name)(**options.get(name, {}))  # unknown names and bad options fail before any work
-    samples = read_samples(verify_on, model.spec) if verify_on is not None else None
-    plan = _calibration_plan(model, [p for _, p in bundles], calibration, range_method, calibration_samples,
-                             (thresholds or {}).get("int8") or default_thresholds("int8"),
-                             LayerChoice(tuple(float_layers), tuple(int8_layers)))
+    config = ConvertConfig.from_dict({**(config or ConvertConfig()).to_dict(), **options}, "convert()")
+    job = _prepare(model, config)
+    previous = read_report(baseline) if baseline is not None else None
     steps = Steps(quiet)
-    inputs = [*model.input_paths(), *(p for p in (verify_on, calibration) if p is not None), *(corpus or []),
-              *(v for o in options.values() for k, v in o.items() if k in ("heldout", "forced_tokens") and v)]
-    with staged_output(out, overwrite, inputs) as staging, tempfile.TemporaryDirectory(prefix="edgesdk-work-") as work:
-        reference = measure = None
-        if samples is not None:
-            with steps.step(f"PyTorch reference on {len(samples)} samples and {model.spec.kind} perturbations"):
-                reference = model.logits(samples.items)
-                perturbed = {name: (items, model.logits(items)) for name, items in
-                             perturb(model.spec.kind, samples.items[:ROBUSTNESS_SAMPLES]).items()}
-
-            def measure(c: Classifier) -> dict[str, float]:
-                logits = c.logits(samples.items)
-                diff = np.abs(logits - reference)
-                return {"max_abs_diff": float(diff.max()), "max_abs_logit": float(np.abs(reference).max()),
-                        "agreement": float((logits.argmax(1) == reference.argmax(1)).mean())}
-
-        with steps.step(f"passes on {model.spec.name}: {', '.join(pass_names) or 'none'}") as update:
-            classifier, pass_records = run_passes(model, pass_names, measure, options, Path(work), update)
-        gates = []
-        if samples is not None and any(r["changed"] and not r["exact"] for r in pass_records):
-            with steps.step("pruning fidelity: the pruned PyTorch model against the original"):
-                pruned = classifier.logits(samples.items)
-                heldout = next((r["heldout"] for r in pass_records if "heldout" in r), None)
-                gates.append(pruning_fidelity(model, classifier, samples.items, samples.labels, reference, pruned,
-                                              min_pruning_agreement, heldout))
-                reference = pruned  # runtime parity: each bundle against the model it was built from
-                perturbed = {name: (items, classifier.logits(items)) for name, (items, _) in perturbed.items()}
-            steps.note(f"  pruning fidelity: {gates[0]['status']} ({gates[0]['reason']})")
-        verification = None
-        if samples is not None:
-            encoder = classifier.encoder()
-            encoded = {name: (encoder.encode(items), logits) for name, (items, logits) in perturbed.items()}
-            verification = Verification(samples, encoder.encode(samples.items), reference, encoded)
+    with (staged_output(out, overwrite, job.inputs) as staging,
+          tempfile.TemporaryDirectory(prefix="edgesdk-work-") as work):
+        classifier, pass_records, gates, verification = _model_stage(model, job, steps, Path(work))
         judge = None if verification is None else Judge(verification.rows, verification.samples.labels,
                                                          f"the verification data ({verification.samples.source})")
-        artifacts = Artifacts(classifier, Path(work), steps, plan, judge)
-        records = []
-        for target, precision in bundles:
-            thr = (thresholds or {}).get(precision) or default_thresholds(precision)
-            folder = staging / f"{target.name}-{precision}"
-            try:
-                with steps.step(f"bundle {folder.name}: build and verify in {target.runtime}"):
-                    record = _build_one(target, precision, classifier, artifacts, folder,
-                                        verification, thr, pass_records)
-            except Exception as e:  # one target's failure is reported, the others still build
-                shutil.rmtree(folder, ignore_errors=True)
-                cause = _cause(e)
-                record = BundleRecord(folder.name, target.name, precision, "error", cause)
-            records.append(record)
-            steps.note(f"  {record.name}: {record.status} ({record.reason})")
+        artifacts = Artifacts(classifier, Path(work), steps, job.calibration, judge)
+        records = [_bundle(target, precision, job, classifier, artifacts, staging, verification, pass_records, steps)
+                   for target, precision in job.bundles]
         with steps.step("report"):
-            report = write_report(staging, classifier.spec, records, pass_records, verification, gates)
+            report = write_report(staging, classifier.spec, records, pass_records, verification, gates, previous)
     out = Path(out).absolute()
     for r in records:
         if r.path is not None:
             r.path = out / r.path.name
     return ConversionResult(out, classifier.spec.name, records, pass_records, out / "report.html", report, gates)
+
+
+def _model_stage(model: Classifier, job: _Job, steps: Steps, work: Path
+                 ) -> tuple[Classifier, list[dict[str, Any]], list[dict[str, Any]], Verification | None]:
+    """PyTorch's reference, the passes, the pruning gate, and the encoded verification data."""
+    samples, reference, perturbed, measure = job.samples, None, {}, None
+    if samples is not None:
+        with steps.step(f"PyTorch reference on {len(samples)} samples and {model.spec.kind} perturbations"):
+            reference = model.logits(samples.items)
+            perturbed = {name: (items, model.logits(items)) for name, items in
+                         perturb(model.spec.kind, samples.items[:ROBUSTNESS_SAMPLES]).items()}
+
+        def measure(c: Classifier) -> dict[str, float]:
+            logits = c.logits(samples.items)
+            diff = np.abs(logits - reference)
+            return {"max_abs_diff": float(diff.max()), "max_abs_logit": float(np.abs(reference).max()),
+                    "agreement": float((logits.argmax(1) == reference.argmax(1)).mean())}
+
+    applying = [name for name in job.pass_names if PASSES.get(name)(**job.pass_options.get(name, {})).applies_to(model)]
+    with steps.step(f"passes on {model.spec.name}: {', '.join(applying) or 'none apply'}") as update:
+        classifier, pass_records = run_passes(model, job.pass_names, measure, job.pass_options, work, update)
+    gates = []
+    if samples is not None and any(r["changed"] and not r["exact"] for r in pass_records):
+        with steps.step("pruning fidelity: the pruned PyTorch model against the original"):
+            pruned = classifier.logits(samples.items)
+            heldout = next((r["heldout"] for r in pass_records if "heldout" in r), None)
+            gates.append(pruning_fidelity(model, classifier, samples.items, samples.labels, reference, pruned,
+                                          job.config.min_pruning_agreement, heldout))
+            reference = pruned  # runtime parity: each bundle against the model it was built from
+            perturbed = {name: (items, classifier.logits(items)) for name, (items, _) in perturbed.items()}
+        steps.note(f"  pruning fidelity: {gates[0]['status']} ({gates[0]['reason']})")
+    if samples is None:
+        return classifier, pass_records, gates, None
+    encoder = classifier.encoder()
+    encoded = {name: (encoder.encode(items), logits) for name, (items, logits) in perturbed.items()}
+    return classifier, pass_records, gates, Verification(samples, encoder.encode(samples.items), reference, encoded)
+
+
+def _bundle(target: Target, precision: str, job: _Job, classifier: Classifier, artifacts: Artifacts, staging: Path,
+            verification: Verification | None, pass_records: list[dict[str, Any]], steps: Steps) -> BundleRecord:
+    """Build and verify one bundle; one target's failure is recorded and the others still build."""
+    folder = staging / f"{target.name}-{precision}"
+    try:
+        with steps.step(f"bundle {folder.name}: build and verify in {target.runtime}"):
+            record = _build_one(target, precision, job.config, classifier, artifacts, folder, verification,
+                                pass_records)
+    except Exception as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        record = BundleRecord(folder.name, target.name, precision, "error", _cause(e))
+    mark = {"pass": "✓", "skipped": "–"}.get(record.status, "✗")
+    steps.note(f"  {mark} {record.name}: {record.status} ({record.reason})")
+    return record
 
 
 def _cause(e: Exception) -> str:
@@ -422,21 +466,23 @@ def _cause(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _calibration_plan(model: Classifier, precisions: list[str], path: str | Path | None, method: str, count: int,
-                      int8: Thresholds, choice: LayerChoice) -> CalibrationPlan | None:
+def _calibration_plan(model: Classifier, config: ConvertConfig) -> CalibrationPlan | None:
     """Check the calibration inputs before any work; None when no int8 bundle is asked for."""
-    RANGE_METHODS.get(method)
-    if "int8" not in precisions:
+    RANGE_METHODS.get(config.range_method)
+    if "int8" not in config.precisions:
         return None
-    if path is None:
+    if config.calibration is None:
         raise InputError("int8 bundles need calibration data: pass --calibration FILE (a few hundred samples of "
                          "the same kind as --verify-on; labels optional)")
+    count = config.calibration_samples
     if count < MIN_SAMPLES:
         raise InputError(f"calibration_samples must be at least {MIN_SAMPLES}, not {count}")
-    samples = read_samples(path, model.spec)
+    samples = read_samples(config.calibration, model.spec)
     if len(samples) < MIN_SAMPLES:
-        raise InputError(f"{path} holds {len(samples)} samples; int8 calibration needs at least {MIN_SAMPLES} "
-                         "(a few hundred is typical)")
+        raise InputError(f"{config.calibration} holds {len(samples)} samples; int8 calibration needs at least "
+                         f"{MIN_SAMPLES} (a few hundred is typical)")
     n = min(count, len(samples))
-    return CalibrationPlan(Samples(samples.items[:n], samples.labels[:n], samples.source), method,
-                           Budget(int8.min_agreement, int8.max_accuracy_drop or 0.0, int8.confidence or 0.95), choice)
+    int8 = config.thresholds("int8")
+    return CalibrationPlan(Samples(samples.items[:n], samples.labels[:n], samples.source), config.range_method,
+                           Budget(int8.min_agreement, int8.max_accuracy_drop or 0.0, int8.confidence or 0.95),
+                           LayerChoice(config.float_layers, config.int8_layers))

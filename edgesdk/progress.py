@@ -8,6 +8,8 @@ from contextlib import contextmanager
 
 from rich.console import Console
 
+from . import terminal
+
 __all__ = ["Steps"]
 
 
@@ -15,7 +17,7 @@ class Steps:
     """Shows each step while it runs and logs it when done (silent when ``quiet``)."""
 
     def __init__(self, quiet: bool = False) -> None:
-        self.console = Console(stderr=True, quiet=quiet, highlight=False)
+        self.console = Console(file=terminal.err(), quiet=quiet, highlight=False)
 
     @contextmanager
     def step(self, what: str) -> Iterator[Callable[[str], None]]:

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .baseline import compare_reports, format_comparison
+from .parity import ParityResult, gates
 from .spec import ModelSpec
 
 __all__ = ["write_report", "render_html"]
@@ -309,9 +311,43 @@ PyTorch accuracy {_fmt(ver.get('accuracy_reference'), '%')}.</p>
 {per_bundle}"""
 
 
-def render_html(models: list[dict[str, Any]]) -> str:
-    """One self-contained HTML page for one or more models' report sections."""
-    body = "".join(_section(m) for m in models)
+def _matrix(models: list[dict[str, Any]]) -> str:
+    """Every bundle of every model in one table: each gate's verdict, size and latency at a glance."""
+    e = html.escape
+    names = ["logits", "top-1 agreement", "accuracy drop"]
+    rows = []
+    for m in models:
+        for g in m.get("gates") or []:
+            rows.append(f"<tr><td class=l>{e(m['name'])}</td><td class=l>{e(g['name'])} (model)</td>"
+                        f"<td class='l {e(g['status'])}'>{e(g['status'])}</td>"
+                        + "".join("<td>–</td>" for _ in names) + "<td>–</td><td>–</td></tr>")
+        for b in m["bundles"]:
+            verdicts = {} if b.get("parity") is None else {
+                gate: status for gate, status, _ in gates(ParityResult.from_dict(b["parity"]))}
+            cells = "".join(f"<td class='{e(verdicts.get(n, ''))}'>{e(verdicts.get(n, '–'))}</td>" for n in names)
+            rows.append(f"<tr><td class=l>{e(m['name'])}</td><td class=l>{e(b['name'])}</td>"
+                        f"<td class='l {e(b['status'])}'>{e(b['status'])}</td>{cells}"
+                        f"<td>{_fmt(b['bytes'], 'bytes')}</td><td>{_fmt((b.get('latency_ms') or {}).get('p50'))}</td>"
+                        "</tr>")
+    head = "".join(f"<th>{e(n)}</th>" for n in names)
+    return (f"<table><tr><th class=l>model</th><th class=l>bundle</th><th class=l>status</th>{head}"
+            f"<th>size</th><th>p50 ms</th></tr>{''.join(rows)}</table>")
+
+
+def _baseline(comparison: dict[str, Any] | None) -> str:
+    if not comparison:
+        return ""
+    e = html.escape
+    table = format_comparison(comparison["bundles"])
+    head = "".join(f"<th class=l>{e(c)}</th>" for c in table[0])
+    body = "".join("<tr>" + "".join(f"<td class=l>{e(c)}</td>" for c in row) + "</tr>" for row in table[1:])
+    return f"<h2>Since {e(comparison['report'])}</h2><table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(models: list[dict[str, Any]], comparison: dict[str, Any] | None = None) -> str:
+    """One self-contained HTML page for one or more models' report sections: the comparison
+    with a baseline and the matrix of every bundle's gates first."""
+    body = _baseline(comparison) + _matrix(models) + "".join(_section(m) for m in models)
     return (f"<!doctype html><html><head><meta charset=utf-8><title>edgesdk parity report</title>"
             f"<style>{_CSS}</style></head><body><h1>edgesdk parity report</h1>"
             f"<p>edgesdk {__version__}. Parity compares each bundle, run in its own runtime, with "
@@ -320,14 +356,16 @@ def render_html(models: list[dict[str, Any]]) -> str:
 
 
 def write_report(folder: Path, spec: ModelSpec, records: list, passes: list[dict[str, Any]],
-                 verification: Any, gates: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Write report.json and report.html for one model; returns its section, plots included."""
+                 verification: Any, model_gates: list[dict[str, Any]] | None = None,
+                 baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write report.json and report.html for one model (compared with ``baseline``, an earlier
+    report, when given); returns its section, plots included."""
     model: dict[str, Any] = {
         "name": spec.name,
         "kind": spec.kind,
         "labels": list(spec.labels),
         "passes": passes,
-        "gates": gates or [],
+        "gates": model_gates or [],
         "bundles": [r.to_dict() for r in records],
     }
     if verification is not None:
@@ -342,6 +380,10 @@ def write_report(folder: Path, spec: ModelSpec, records: list, passes: list[dict
             bundle["details"] = bundle_details(verification.samples, verification.reference,
                                                with_logits[bundle["name"]].logits, list(spec.labels))
     report = {"edgesdk": __version__, "models": [model]}
+    comparison = None
+    if baseline is not None:
+        comparison = {"report": baseline["path"], "bundles": compare_reports(baseline, report)}
+        report["baseline"] = comparison
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for bundle in model["bundles"]:
         record = with_logits.get(bundle["name"])
@@ -356,5 +398,5 @@ def write_report(folder: Path, spec: ModelSpec, records: list, passes: list[dict
         bundle["disagreements_html"] = _disagreement_rows(bundle["details"], verification.samples)
     model["plots"] = {f"{p['name']} corpus curve": _corpus_curve(spec.name, p["heldout"])
                       for p in passes if "heldout" in p}
-    (folder / "report.html").write_text(render_html([model]), encoding="utf-8")
+    (folder / "report.html").write_text(render_html([model], comparison), encoding="utf-8")
     return model

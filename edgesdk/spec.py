@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from .errors import BundleError, ModelError
 
-__all__ = ["TensorSpec", "TextPreprocessing", "ImagePreprocessing", "ModelSpec"]
+__all__ = ["TensorSpec", "TextPreprocessing", "ImagePreprocessing", "ModelSpec", "text_spec"]
 
 
 @dataclass(frozen=True)
@@ -124,3 +124,21 @@ class ModelSpec:
             )
         except (KeyError, TypeError, ValueError, AttributeError, ModelError) as e:
             raise BundleError(f"manifest.json: malformed model spec ({e!r})") from e
+
+
+def text_spec(name: str, labels: list[str], input_names: list[str], pre: TextPreprocessing,
+              source: dict[str, str]) -> ModelSpec:
+    """The spec of a text classifier taking int64 (batch, sequence) inputs."""
+    n = len(labels)
+    return ModelSpec(
+        kind="text",
+        name=name,
+        labels=tuple(labels),
+        inputs=tuple(TensorSpec(i, "int64", ("batch", "sequence")) for i in input_names),
+        outputs=(
+            TensorSpec("logits", "float32", ("batch", n)),
+            TensorSpec("probabilities", "float32", ("batch", n)),
+        ),
+        preprocessing=pre,
+        source=source,
+    )

@@ -14,12 +14,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, block_torch: bool = False, block: tuple[str, ...] = (),
+def run_cli(*args: str, block_torch: bool = False, block: tuple[str, ...] = (), prelude: str = "",
             timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``edgesdk`` in a fresh process, optionally with imports of torch or ``block`` failing."""
+    """Run ``edgesdk`` in a fresh process, optionally with imports of torch or ``block`` failing
+    and ``prelude`` (Python source) run first."""
     code = "import sys; from edgesdk.cli import main; sys.exit(main(sys.argv[1:]))"
     blocked = ("torch",) * block_torch + block
-    return subprocess.run([sys.executable, "-c", (block_imports(*blocked) if blocked else "") + code, *args],
+    return subprocess.run([sys.executable, "-c", prelude + (block_imports(*blocked) if blocked else "") + code, *args],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 

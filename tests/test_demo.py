@@ -6,8 +6,6 @@ import json
 
 from conftest import run_cli
 
-from edgesdk.runtime import file_sha256
-
 BUNDLES = [f"{t}-{p}" for t in ("onnx", "tflite", "openvino", "tensorrt") for p in ("fp32", "int8")]
 
 
@@ -62,13 +60,31 @@ def test_verify_exit_code_gates_on_thresholds(demo_out):
     assert "fail" in r.stdout
 
 
-def test_demo_is_deterministic(demo_out, tmp_path):
-    from edgesdk.demo import run_demo
+def test_int8_conversion_is_deterministic(demo_out, tmp_path):
+    """The same model, data and options give the same int8 bundles, file for file (the fp32 side,
+    manifests byte for byte, is in test_release.py)."""
+    from edgesdk import convert
+    from edgesdk.demo import digits_classifier
+    from edgesdk.models import load_weights
 
-    run_demo(tmp_path / "again", quiet=True)
-    for kind in ("text", "image"):
-        for bundle in BUNDLES:
-            manifest = json.loads((demo_out / kind / bundle / "manifest.json").read_text())
-            for name in manifest["files"]:  # every file: model, weights, tokenizer, ranges, scripts
-                first = demo_out / kind / bundle / name
-                assert file_sha256(first) == file_sha256(tmp_path / "again" / kind / bundle / name), (bundle, name)
+    image = digits_classifier()
+    load_weights(image.model, demo_out / "models" / "digits-cnn.safetensors")
+    convert(image, tmp_path / "again", targets=["onnx", "openvino"], precisions=["int8"], quiet=True,
+            verify_on=demo_out / "data" / "digits-val.npz", calibration=demo_out / "data" / "digits-calibration.npz")
+    for bundle in ("onnx-int8", "openvino-int8"):
+        first = json.loads((demo_out / "image" / bundle / "manifest.json").read_text())
+        again = json.loads((tmp_path / "again" / bundle / "manifest.json").read_text())
+        assert first["files"] == again["files"], bundle  # every file's sha256: model, ranges, reference...
+        assert first["build"] == again["build"] and first["parity"] == again["parity"], bundle
+
+
+def test_demo_writes_the_gates_as_junit(demo_out):
+    import xml.etree.ElementTree as ET
+
+    suites = ET.parse(demo_out / "junit.xml").getroot()
+    assert [s.get("name") for s in suites] == ["chatbot-topics", "digits-cnn"]
+    assert int(suites.get("failures")) == 0 and int(suites.get("errors")) == 0
+    skipped = [c for c in suites.iter("testcase") if c.find("skipped") is not None]
+    assert {c.get("classname").split(".")[1] for c in skipped} >= {"tensorrt-fp32", "tensorrt-int8"}
+    assert all("no NVIDIA GPU" in c.find("skipped").get("message") or "tensorrt package" in
+               c.find("skipped").get("message") or "accuracy drop" in c.get("name") for c in skipped)

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 from conftest import run_cli
-from edgesdk.calibration import Budget
-from edgesdk.calibration.calibrate import effect, meets, search_float_layers
 
 import edgesdk
 from edgesdk import TextClassifier
+from edgesdk.calibration import Budget
+from edgesdk.calibration.calibrate import effect, meets, search_float_layers
 from edgesdk.errors import InputError
 
 

@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 from conftest import run_cli
-from edgesdk.converters.corpus_counts import open_tokenizer
-from edgesdk.converters.prune_vocab import PruneVocabulary
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import edgesdk
 from edgesdk import TextClassifier
+from edgesdk.converters.corpus_counts import open_tokenizer
+from edgesdk.converters.prune_vocab import PruneVocabulary
 from edgesdk.demo import topic_lines
 from edgesdk.errors import InputError
 from edgesdk.runtime import load_bundle

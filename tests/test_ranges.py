@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from edgesdk.calibration.observers import Histogram
 from edgesdk.calibration.ranges import RANGE_METHODS, activation_range, percentile
-
 from edgesdk.errors import InputError
 
 

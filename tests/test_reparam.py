@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from edgesdk.converters import run_passes
-from edgesdk.converters.fx_graph import bn_scale_shift, identity_kernel
 from torch import nn
 
 from edgesdk import ImageClassifier, ImagePreprocessing
+from edgesdk.converters import run_passes
+from edgesdk.converters.fx_graph import bn_scale_shift, identity_kernel
 
 PASSES = ["fold_batchnorm", "fuse_branches"]
 

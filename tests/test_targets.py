@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -59,9 +60,9 @@ def test_a_missing_runtime_names_its_extra_and_other_targets_still_build(demo_ou
     r = run_cli("convert", "--model", "edgesdk.demo:digits_classifier", "--weights", str(weights),
                 "--out", str(tmp_path / "dist"), "--targets", "onnx,openvino", "--quiet", block=("openvino",))
     assert r.returncode == 1, r.stderr
-    assert "openvino-fp32    error    the openvino runtime is not installed: pip install 'edgesdk[openvino]'" \
-        in r.stdout
-    assert "onnx-fp32        skipped" in r.stdout  # built; no verification data was given
+    assert re.search(r"openvino-fp32 +error +the openvino runtime is not installed: pip install 'edgesdk\[openvino\]'",
+                     r.stdout)
+    assert re.search(r"onnx-fp32 +skipped", r.stdout)  # built; no verification data was given
     assert (tmp_path / "dist" / "onnx-fp32" / "model.onnx").is_file()
     assert not (tmp_path / "dist" / "openvino-fp32").exists()
 

@@ -197,9 +197,9 @@ class Bundle:
         return self._encoder
 
     def runner(self) -> Runner:
-        from ..targets import TARGETS
+        from .runners import RUNNERS
 
-        return TARGETS.get(self.target).runner(self.model_path, self.spec)
+        return RUNNERS.get(self.target)(self.model_path, self.spec)
 
     def run_rows(self, rows: list, batch_size: int = 32) -> dict[str, np.ndarray]:
         """Run encoded rows; returns each output stacked over the rows, in order."""

@@ -24,6 +24,7 @@ from torch import nn
 from edgesdk.data import read_text_lines
 from edgesdk.errors import InputError, PassError
 from edgesdk.models import TextClassifier
+from edgesdk.runtime.bundle import file_sha256
 
 from .base import PASSES, Pass, PassResult
 from .corpus_counts import TokenCounts, count_corpus, open_tokenizer
@@ -132,13 +133,27 @@ def heldout_figures(tokenizer, pruned_tokenizer, tj: dict[str, Any], counts: Tok
         kept[sorted(closure(base | reached))] = True
         curve.append([fraction, float(np.mean([kept[b].all() for b in before]))])
     return {
-        "file": str(path),
+        "file": _file_entry(path),
         "texts": len(texts),
         "exact_share": float(np.mean(exact)),
         "unk_rate_before": _rate(before, unk_old),
         "unk_rate_after": _rate(after, unk_new),
         "curve": curve,
     }
+
+
+def _size_figures(before: TextClassifier, after: TextClassifier) -> dict[str, int]:
+    """Parameters, weight bytes and tokenizer bytes before and after pruning."""
+    (params_before, bytes_before), (params_after, bytes_after) = map(_parameter_bytes, (before.model, after.model))
+    return {"parameters_before": params_before, "parameters_after": params_after,
+            "weight_bytes_before": bytes_before, "weight_bytes_after": bytes_after,
+            "tokenizer_bytes_before": Path(before.tokenizer_file).stat().st_size,
+            "tokenizer_bytes_after": Path(after.tokenizer_file).stat().st_size}
+
+
+def _file_entry(path: Path) -> dict[str, str]:
+    """A file as the manifest names it: its name and content hash, not where it lay."""
+    return {"name": path.name, "sha256": file_sha256(path)}
 
 
 def _unk(tj: dict[str, Any]) -> str | None:
@@ -183,6 +198,12 @@ class PruneVocabulary(Pass):
     def applies_to(self, classifier: Any) -> bool:
         return bool(self.corpus) and isinstance(classifier, TextClassifier)
 
+    def _corpus_figures(self, counts: TokenCounts, keep: list[int]) -> dict[str, Any]:
+        return {"corpus_files": [_file_entry(Path(p)) for p in self.corpus], "corpus_lines": counts.lines,
+                "corpus_tokens": counts.tokens,
+                "corpus_coverage": float(counts.counts[keep].sum() / max(counts.tokens, 1)),
+                "min_count": self.min_count, "max_vocab": self.max_vocab}
+
     def __call__(self, classifier: TextClassifier) -> PassResult:
         if self.workdir is None:
             raise InputError("prune_vocabulary needs a workdir (set pass.workdir) for the pruned tokenizer.json")
@@ -209,28 +230,11 @@ class PruneVocabulary(Pass):
         new_pre = dataclasses.replace(pre, pad_id=keep.index(pre.pad_id))
         pruned = dataclasses.replace(classifier, model=model, tokenizer_file=tokenizer_file,
                                      spec=dataclasses.replace(classifier.spec, preprocessing=new_pre))
-        (params_before, bytes_before), (params_after, bytes_after) = map(_parameter_bytes, (classifier.model, model))
-        notes = {
-            "family": kind,
-            "vocab_before": size,
-            "vocab_after": len(keep),
-            "embedding_rows_before": rows,
-            "parameters_before": params_before,
-            "parameters_after": params_after,
-            "weight_bytes_before": bytes_before,
-            "weight_bytes_after": bytes_after,
-            "tokenizer_bytes_before": Path(classifier.tokenizer_file).stat().st_size,
-            "tokenizer_bytes_after": tokenizer_file.stat().st_size,
-            "corpus_files": [str(p) for p in self.corpus],
-            "corpus_lines": counts.lines,
-            "corpus_tokens": counts.tokens,
-            "corpus_coverage": float(counts.counts[keep].sum() / max(counts.tokens, 1)),
-            "lines_per_s": counts.lines / max(counts.seconds, 1e-9),
-            "min_count": self.min_count,
-            "max_vocab": self.max_vocab,
-        }
+        notes = {"family": kind, "vocab_before": size, "vocab_after": len(keep), "embedding_rows_before": rows,
+                 **_size_figures(classifier, pruned), **self._corpus_figures(counts, keep)}
         if self.heldout is not None:
             notes["heldout"] = heldout_figures(tokenizer, open_tokenizer(tokenizer_file), tj, counts, base, keep,
                                                Path(self.heldout))
-        notes["seconds"] = time.perf_counter() - start
+        notes["timing"] = {"seconds": time.perf_counter() - start,
+                           "lines_per_s": counts.lines / max(counts.seconds, 1e-9)}
         return PassResult(pruned, True, notes)

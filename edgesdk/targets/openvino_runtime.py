@@ -16,32 +16,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from edgesdk.runtime.runner import Runner, import_runtime
+from edgesdk.runtime.runner import import_runtime
 
 from .base import TARGETS, Target
 
-__all__ = ["OpenVinoTarget", "OpenVinoRunner"]
+__all__ = ["OpenVinoTarget"]
 
 _GENERATED = re.compile(r"[A-Za-z]+_\d+")
-
-
-class OpenVinoRunner(Runner):
-    """Runs an OpenVINO IR on the CPU plugin in fp32 inference precision."""
-
-    def activate(self) -> None:
-        ov = import_runtime("openvino", "openvino")
-        compiled = ov.Core().compile_model(str(self.model_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        self.request = compiled.create_infer_request()
-        self.outputs = {o.get_any_name(): o for o in compiled.outputs}
-
-    def deactivate(self) -> None:
-        self.request = None
-
-    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self.request.infer(feeds)
-        return {name: np.array(result[port]) for name, port in self.outputs.items()}
 
 
 @TARGETS.register("openvino")
@@ -52,7 +33,6 @@ class OpenVinoTarget(Target):
     distribution = "openvino"
     precisions = ("fp32", "int8")
     model_file = "model.xml"
-    runner_class = OpenVinoRunner
 
     def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
         ov = import_runtime("openvino", self.extra)

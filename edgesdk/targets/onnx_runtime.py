@@ -11,32 +11,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from edgesdk.runtime.runner import Runner, import_runtime
+from edgesdk.runtime.runner import import_runtime
 
 from .base import TARGETS, Target
 
-__all__ = ["OnnxRuntimeTarget", "OnnxRuntimeRunner"]
-
-
-class OnnxRuntimeRunner(Runner):
-    """Runs a .onnx file in an onnxruntime InferenceSession on the CPU."""
-
-    def activate(self) -> None:
-        ort = import_runtime("onnxruntime", "onnx")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            str(self.model_path), options, providers=["CPUExecutionProvider"]
-        )
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def deactivate(self) -> None:
-        self.session = None
-
-    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+__all__ = ["OnnxRuntimeTarget"]
 
 
 @TARGETS.register("onnx")
@@ -47,7 +26,6 @@ class OnnxRuntimeTarget(Target):
     distribution = "onnxruntime"
     precisions = ("fp32", "int8")
     model_file = "model.onnx"
-    runner_class = OnnxRuntimeRunner
 
     def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
         import_runtime("onnxruntime", self.extra)

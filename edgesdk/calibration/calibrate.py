@@ -36,7 +36,7 @@ from edgesdk.stats import labels_to_show, paired_drop_upper, samples_to_show, wi
 from .divergence import layer_divergence
 from .observers import Histogram
 from .onnx_run import onnx_logits, run_outputs
-from .qdq import QuantNode, activation_qparams, quantizable_nodes, quantize_all, with_float_nodes
+from .qdq import QuantNode, activation_qparams, qdq_model, quantizable_nodes
 from .ranges import RANGE_METHODS, activation_range
 from .sensitivity import local_snr
 from .smooth import SMOOTH_ALPHA, ChannelMax, smooth_model, smoothable
@@ -117,8 +117,8 @@ class Calibration:
         import onnx
 
         ranges = {name: (r["lo"], r["hi"]) for name, r in self.ranges["activations"].items()}
-        int8, _ = quantize_all(self.float_model, ranges, self.quantized_nodes, symmetric)
-        onnx.save_model(with_float_nodes(int8, self.float_model, {f["node"] for f in self.float_layers}), str(out))
+        int8_nodes = set(self.quantized_nodes) - {f["node"] for f in self.float_layers}
+        onnx.save_model(qdq_model(self.float_model, ranges, int8_nodes, symmetric)[0], str(out))
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -274,6 +274,23 @@ def _judge(judge: Judge | None, rows: list, labels: np.ndarray) -> tuple[list, l
     return kept, held_rows, Judge(held_rows, labels[held], "calibration samples held aside (every fifth)")
 
 
+def _search(model, ranges: dict[str, tuple[float, float]], sensitivity: list[dict[str, Any]], judge: Judge,
+            encoder, budget: Budget, forced_float: set[str], forced_int8: set[str], progress: Progress
+            ) -> tuple[set[str], dict[str, Any], list[dict[str, Any]], str]:
+    """The float layers: the fewest most sensitive ones (besides those forced) that keep the
+    budget on the judge's samples; returns them, their effect, the steps tried and how judged."""
+    reference = onnx_logits(model, judge.rows, encoder)
+    all_nodes = {s["node"] for s in sensitivity}
+
+    def trial(float_nodes: set[str]) -> dict[str, Any]:
+        candidate, _ = qdq_model(model, ranges, all_nodes - float_nodes - forced_float)
+        return effect(reference, onnx_logits(candidate, judge.rows, encoder), judge.labels)
+
+    ranked = [s for s in sensitivity if s["node"] not in forced_float | forced_int8]
+    kept, chosen, steps, judged = search_float_layers(ranked, trial, budget, progress)
+    return {s["node"] for s in ranked[:kept]} | forced_float, chosen, steps, judged
+
+
 def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path, method: str = "mse",
               budget: Budget = Budget(), progress: Progress = None, judge: Judge | None = None,
               choice: LayerChoice = LayerChoice(), smooth_alpha: float = SMOOTH_ALPHA) -> Calibration:
@@ -299,22 +316,16 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
     histograms, _ = _observe(model, range_rows, encoder, activations, set(), progress)
     ranges = {name: activation_range(histograms[name], method) for name in activations}
     observed = time.perf_counter()
-    int8, tables = quantize_all(model, ranges, [n.node for n in nodes])
+    all_nodes = {n.node for n in nodes}
+    int8, tables = qdq_model(model, ranges, all_nodes)
     if progress is not None:
         progress("sensitivity of every layer (one pass)")
     snr = local_snr(model, int8, nodes, (probe_rows or judge.rows)[:32], encoder)
-    reference = onnx_logits(model, judge.rows, encoder)
-
-    def trial(float_nodes: set[str]) -> dict[str, Any]:
-        candidate = with_float_nodes(int8, model, float_nodes | forced_float)
-        return effect(reference, onnx_logits(candidate, judge.rows, encoder), judge.labels)
-
     sensitivity = sorted(({"layer": n.layer, "node": n.node, "op": n.op, "local_snr_db": snr[n.node]}
                           for n in nodes), key=lambda s: (s["local_snr_db"], s["node"]))
-    ranked = [s for s in sensitivity if s["node"] not in forced_float | forced_int8]
-    kept, chosen, steps, judged = search_float_layers(ranked, trial, budget, progress)
-    float_nodes = {s["node"] for s in ranked[:kept]} | forced_float
-    final = with_float_nodes(int8, model, float_nodes)
+    float_nodes, chosen, steps, judged = _search(model, ranges, sensitivity, judge, encoder, budget, forced_float,
+                                                 forced_int8, progress)
+    final, _ = qdq_model(model, ranges, all_nodes - float_nodes)
     out = workdir / "model.int8.onnx"
     onnx.save_model(final, str(out))
     if progress is not None:
@@ -341,7 +352,7 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
                        "confidence": budget.confidence,
                        "samples_to_show": samples_to_show(budget.min_agreement, budget.confidence)},
             "divergence": divergence,
-            "observe_s": observed - start, "seconds": time.perf_counter() - start,
+            "timing": {"observe_s": observed - start, "seconds": time.perf_counter() - start},
         },
     )
 

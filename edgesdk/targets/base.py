@@ -1,7 +1,8 @@
-"""The target contract: build a bundle's model file, and give a runner for its runtime.
+"""The target contract: build a bundle's model file for one runtime.
 
-Target modules import only numpy and their runtime at import time (torch lazily inside
-``build``), so the torch-free loader can find runners through the same registry.
+A target only builds; its bundles run through the runner registered under the same name in
+``edgesdk.runtime.runners`` (the torch-free loader's), so build-time parity and an app's
+run use the same code.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, ClassVar
 
 from edgesdk.registry import Registry
 from edgesdk.runtime.runner import Runner
+from edgesdk.runtime.runners import RUNNERS
 from edgesdk.spec import ModelSpec
 
 __all__ = ["Target", "TARGETS", "RANGES_FILE"]
@@ -21,7 +23,7 @@ RANGES_FILE = "ranges.json"
 
 
 class Target:
-    """One runtime: which precisions it builds, its model file, how to build and run it."""
+    """One runtime: which precisions it builds, its model file, and how to build it."""
 
     name: ClassVar[str]
     runtime: ClassVar[str]
@@ -29,7 +31,6 @@ class Target:
     distribution: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]]
     model_file: ClassVar[str]
-    runner_class: ClassVar[type[Runner]]
 
     def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
         """Write the model file into ``folder``; returns notes for the manifest."""
@@ -48,7 +49,8 @@ class Target:
 
     @classmethod
     def runner(cls, model_path: Path, spec: ModelSpec) -> Runner:
-        return cls.runner_class(model_path, spec)
+        """The runtime's runner for a model file this target built."""
+        return RUNNERS.get(cls.name)(model_path, spec)
 
     @classmethod
     def runtime_version(cls) -> str | None:

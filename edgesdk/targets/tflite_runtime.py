@@ -24,51 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from edgesdk.runtime.resize import bilinear_resize
-from edgesdk.runtime.runner import Runner, import_runtime
+from edgesdk.runtime.runner import import_runtime
 
 from .base import TARGETS, Target
 
-__all__ = ["TfliteTarget", "TfliteRunner"]
+__all__ = ["TfliteTarget"]
 
 RECIPES = (
     ("dynamic_wi8_afp32", "dynamic range: int8 weights per channel, activations quantized at run time"),
     ("weight_only_wi8_afp32", "weight-only: int8 weights per channel, float compute"),
 )
-
-
-class TfliteRunner(Runner):
-    """Runs a fixed-shape .tflite one sample at a time with ai-edge-litert's interpreter."""
-
-    def activate(self) -> None:
-        litert = import_runtime("ai_edge_litert.interpreter", "tflite")
-        self.interpreter = litert.Interpreter(model_path=str(self.model_path), num_threads=2)
-        self.runner = self.interpreter.get_signature_runner()
-        details = self.runner.get_input_details()  # args_0, args_1, ...: the graph's inputs in order
-        self.inputs = {t.name: (f"args_{k}", tuple(details[f"args_{k}"]["shape"]), details[f"args_{k}"]["dtype"])
-                       for k, t in enumerate(self.spec.inputs)}
-
-    def deactivate(self) -> None:
-        self.interpreter = self.runner = None
-
-    def _sample(self, feeds: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
-        pre = self.spec.preprocessing
-        out = {}
-        for name, (arg, shape, dtype) in self.inputs.items():
-            value = feeds[name][i]
-            if self.spec.kind == "image":
-                value = bilinear_resize(value, shape[1:3])
-            else:  # pad ids with the pad id, masks and token types with 0
-                fill = pre.pad_id if name == "input_ids" else 0
-                value = np.pad(value[: shape[1]], (0, shape[1] - min(len(value), shape[1])), constant_values=fill)
-            out[arg] = value[None].astype(dtype)
-        return out
-
-    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [t.name for t in self.spec.outputs]
-        rows = [self.runner(**self._sample(feeds, i)) for i in range(len(next(iter(feeds.values()))))]
-        return {name: np.concatenate([r[f"output_{k}"] for r in rows]).astype(np.dtype(t.dtype))
-                for k, (name, t) in enumerate(zip(names, self.spec.outputs))}
 
 
 def _fixed_inputs(classifier: Any) -> tuple:
@@ -90,7 +55,6 @@ class TfliteTarget(Target):
     distribution = "ai-edge-litert"
     precisions = ("fp32", "int8")
     model_file = "model.tflite"
-    runner_class = TfliteRunner
 
     def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
         litert_torch = import_runtime("litert_torch", self.extra)
@@ -117,6 +81,7 @@ class TfliteTarget(Target):
         """The first recipe that keeps the int8 budget against the float model, judged as edgesdk's
         calibration judges (on the verification data when given)."""
         from ai_edge_quantizer import quantizer, recipe
+
         from edgesdk.calibration import held_aside
         from edgesdk.calibration.calibrate import effect, meets
 

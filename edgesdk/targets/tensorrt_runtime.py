@@ -15,14 +15,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edgesdk.errors import TargetError
-from edgesdk.runtime.runner import Runner
+from edgesdk.runtime.runners import BUILD_SCRIPT, tensorrt_unavailable_reason
 
 from .base import TARGETS, Target
 
 __all__ = ["TensorRtTarget"]
 
-BUILD_SCRIPT = "build_engine.py"
 _SCRIPT = '''"""Build this bundle's TensorRT engine on the GPU it will run on (edgesdk bundle).
 
 Usage: python build_engine.py [--out ../NAME.engine] [--max-batch 32]
@@ -94,14 +92,6 @@ if __name__ == "__main__":
 '''
 
 
-class TensorRtRunner(Runner):
-    """TensorRT engines run on the GPU they are built on; this bundle carries the builder."""
-
-    def activate(self) -> None:
-        raise TargetError(f"a TensorRT bundle runs as an engine built on its GPU: run {BUILD_SCRIPT} there "
-                          f"({TensorRtTarget().parity_skip_reason() or 'then load model.engine with TensorRT'})")
-
-
 @TARGETS.register("tensorrt")
 class TensorRtTarget(Target):
     name = "tensorrt"
@@ -110,7 +100,6 @@ class TensorRtTarget(Target):
     distribution = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
     model_file = "model.onnx"
-    runner_class = TensorRtRunner
 
     def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
         notes: dict[str, Any] = {"engine": f"built on the target GPU by {BUILD_SCRIPT}"}
@@ -126,11 +115,4 @@ class TensorRtTarget(Target):
         return notes
 
     def parity_skip_reason(self) -> str | None:
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            return ("the tensorrt package is not installed here (its pip packages fetch from NVIDIA's server) "
-                    "and there is no NVIDIA GPU: build the engine with build_engine.py on the target GPU")
-        if shutil.which("nvidia-smi") is None:
-            return "no NVIDIA GPU on this machine: build and check the engine with build_engine.py on the target GPU"
-        return "engine parity runs on the target GPU after build_engine.py; edgesdk does not run engines itself"
+        return tensorrt_unavailable_reason()
