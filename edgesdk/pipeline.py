@@ -8,6 +8,7 @@ report, and moves the whole output into place at the end.
 from __future__ import annotations
 
 import errno
+import logging
 import shutil
 import tempfile
 import time
@@ -38,6 +39,8 @@ from .runtime.encode import row_digest
 from .targets import TARGETS, Target
 
 __all__ = ["convert", "ConversionResult", "BundleRecord", "Verification", "REFERENCE_FILE", "TIMING", "without_timing"]
+
+log = logging.getLogger(__name__)
 
 REFERENCE_FILE = "reference.safetensors"
 ROBUSTNESS_SAMPLES = 200  # the first verification samples are perturbed (upper case, typo, noise...)
@@ -200,7 +203,10 @@ def _versions(target: type[Target]) -> dict[str, str | None]:
 
 
 def _latency(bundle: Bundle, rows: list, runs: int = 30) -> dict[str, float]:
-    """Batch-1 latency percentiles on this machine (run-dependent: report only)."""
+    """Batch-1 latency percentiles on this machine (run-dependent: report only). Text is padded
+    to max_length tokens on every runtime, as fixed-shape runtimes (TFLite) must run it, so the
+    figures of all bundles are measured the same way."""
+    rows = [_padded(r, bundle.spec) for r in rows[:runs]]
     times = []
     with bundle.runner() as runner:
         for i in range(runs + 3):
@@ -210,6 +216,19 @@ def _latency(bundle: Bundle, rows: list, runs: int = 30) -> dict[str, float]:
             if i >= 3:
                 times.append((time.perf_counter() - start) * 1000)
     return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
+
+
+def _padded(row: dict[str, Any], spec: Any) -> dict[str, Any]:
+    """A text row padded to max_length (pad id, mask 0: the logits do not change); images as they are."""
+    if spec.kind != "text":
+        return row
+    pre = spec.preprocessing
+    out = {}
+    for name, value in row.items():
+        value = np.asarray(value)[: pre.max_length]
+        out[name] = np.pad(value, (0, pre.max_length - len(value)),
+                           constant_values=pre.pad_id if name == "input_ids" else 0)
+    return out
 
 
 def _build_one(target: Target, precision: str, config: ConvertConfig, classifier: Classifier, artifacts: Artifacts,
@@ -231,8 +250,10 @@ def _build_one(target: Target, precision: str, config: ConvertConfig, classifier
     record = BundleRecord(folder.name, target.name, precision, "skipped", "", path=folder, notes=notes)
     reason = target.parity_skip_reason()
     if verification is None:
-        reason = "no verification data was given (pass verify_on / --verify-on)"
-    if reason:
+        record.parity = skipped("no verification data was given (pass verify_on / --verify-on)", thresholds)
+    elif reason and target.proxy_runtime:
+        record.parity = _proxy_parity(Bundle.open(folder), target, record, verification, thresholds, reason)
+    elif reason:
         record.parity = skipped(reason, thresholds)
     else:
         manifest["golden"] = _verify(Bundle.open(folder), record, verification, thresholds)
@@ -288,6 +309,17 @@ def _verify(bundle: Bundle, record: BundleRecord, verification: Verification, th
     record.logits = logits
     record.latency_ms = _latency(bundle, verification.rows)
     return golden
+
+
+def _proxy_parity(bundle: Bundle, target: Target, record: BundleRecord, verification: Verification,
+                  thresholds: Thresholds, reason: str) -> ParityResult:
+    """Parity of the bundle's model file in a proxy runtime: "skipped" (the real runtime did not
+    run) with every figure of the proxy, or "fail" when even the proxy misses the thresholds."""
+    logits = bundle.run_rows(verification.rows, runtime=target.proxy_runtime)["logits"]
+    result = compare(verification.reference, logits, thresholds, verification.samples.labels)
+    record.logits = logits
+    return replace(result, status="fail" if result.status == "fail" else "skipped",
+                   reason=f"{reason}; proxy: {result.reason}", notes=[*result.notes, f"figures: {target.proxy}"])
 
 
 def _robustness(bundle: Bundle, verification: Verification, logits: np.ndarray) -> dict[str, dict[str, float]]:
@@ -386,6 +418,7 @@ def convert(model: Classifier, out: str | Path, config: ConvertConfig | None = N
         raise InputError(f"convert() takes an edgesdk TextClassifier or ImageClassifier, not {type(model).__name__}")
     config = ConvertConfig.from_dict({**(config or ConvertConfig()).to_dict(), **options}, "convert()")
     job = _prepare(model, config)
+    log.debug("config: %s", config.to_dict())
     previous = read_report(baseline) if baseline is not None else None
     steps = Steps(quiet)
     with (staged_output(out, overwrite, job.inputs) as staging,
@@ -446,10 +479,11 @@ def _bundle(target: Target, precision: str, job: _Job, classifier: Classifier, a
     """Build and verify one bundle; one target's failure is recorded and the others still build."""
     folder = staging / f"{target.name}-{precision}"
     try:
-        with steps.step(f"bundle {folder.name}: build and verify in {target.runtime}"):
+        with steps.step(f"bundle {folder.name}: build and verify in {target.runtime}", mark=False):
             record = _build_one(target, precision, job.config, classifier, artifacts, folder, verification,
                                 pass_records)
     except Exception as e:
+        log.debug("bundle %s failed", folder.name, exc_info=True)
         shutil.rmtree(folder, ignore_errors=True)
         record = BundleRecord(folder.name, target.name, precision, "error", _cause(e))
     mark = {"pass": "✓", "skipped": "–"}.get(record.status, "✗")

@@ -20,8 +20,9 @@ class Steps:
         self.console = Console(file=terminal.err(), quiet=quiet, highlight=False)
 
     @contextmanager
-    def step(self, what: str) -> Iterator[Callable[[str], None]]:
-        """Yields ``update(detail)``, which shows live progress beside the step's name."""
+    def step(self, what: str, mark: bool = True) -> Iterator[Callable[[str], None]]:
+        """Yields ``update(detail)``, which shows live progress beside the step's name. Without
+        ``mark`` a step that ends well prints nothing (its caller says how it went)."""
         start = time.perf_counter()
         with self.console.status(what) as status:
             try:
@@ -29,7 +30,8 @@ class Steps:
             except BaseException:
                 self.console.print(f"[red]✗[/] {what} ({time.perf_counter() - start:.1f} s)")
                 raise
-        self.console.print(f"[green]✓[/] {what} ({time.perf_counter() - start:.1f} s)")
+        if mark:
+            self.console.print(f"[green]✓[/] {what} ({time.perf_counter() - start:.1f} s)")
 
     def note(self, text: str) -> None:
         self.console.print(text)

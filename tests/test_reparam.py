@@ -194,3 +194,66 @@ def test_demo_cnn_is_fused_and_exported(tmp_path):
     for record in (fold, fuse):
         assert record["max_abs_diff"] <= 1e-5 * record["max_abs_logit"]
     assert result.bundles[0].parity.max_abs_diff <= 1e-4
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm's shape: a BatchNorm2d subclass that calls F.batch_norm itself, with a rank check,
+    a drop and the activation inside."""
+
+    def __init__(self, c, apply_act=True):
+        super().__init__(c)
+        self.drop = nn.Identity()
+        self.act = nn.ReLU() if apply_act else nn.Identity()
+
+    def forward(self, x):
+        torch._assert(x.ndim == 4, "expected 4D input")
+        x = nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                     self.training, self.momentum, self.eps)
+        return self.act(self.drop(x))
+
+
+class PlainSubclassBN(nn.BatchNorm2d):
+    """A subclass that keeps BatchNorm's own forward."""
+
+
+class ConvNormAct(nn.Module):
+    def __init__(self, cin, cout, k, apply_act=False, norm=BatchNormAct2d):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, padding=k // 2, bias=False)
+        self.bn = norm(cout, apply_act=apply_act) if norm is BatchNormAct2d else norm(cout)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+class TimmRepVggBlock(nn.Module):
+    """timm's RepVggBlock shape: identity BatchNormAct2d without act, 3x3 and 1x1 ConvNormAct
+    branches, drop_path as Identity, activation after the sum."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.identity = BatchNormAct2d(c, apply_act=False)
+        self.conv_kxk = ConvNormAct(c, c, 3)
+        self.conv_1x1 = ConvNormAct(c, c, 1)
+        self.drop_path = nn.Identity()
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        identity = self.identity(x)
+        x = self.conv_1x1(x) + self.conv_kxk(x)
+        x = self.drop_path(x) + identity
+        return self.act(x)
+
+
+def test_batchnorm_is_matched_by_what_it_computes_not_by_class():
+    net = nn.Sequential(ConvNormAct(3, 8, 3, apply_act=True), ConvNormAct(8, 8, 3, norm=PlainSubclassBN),
+                        nn.Dropout(0.3), TimmRepVggBlock(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    fused, records = check_exact(classifier(net))
+    canonical = records[0]["canonicalized"]
+    assert canonical["functional_batchnorms"] == 4 and canonical["shape_checks"] == 4
+    assert canonical["identities"] >= 3  # Dropout in eval, drop and drop_path as Identity
+    assert sorted(r["pattern"] for r in records[0]["rewrites"]) == ["Conv2d+BatchNorm2d"] * 3 + [
+        "Conv2d+PlainSubclassBN"]
+    assert len(records[1]["rewrites"]) == 1  # the three branches of the RepVGG block: one conv
+    assert not any("BatchNorm" in t for t in module_types(fused.model))
+    assert sum(isinstance(m, nn.Conv2d) for m in fused.model.modules()) == 3

@@ -18,13 +18,17 @@ from edgesdk.runtime import load_bundle
 PRE = ImagePreprocessing(size=(16, 16), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
-def test_tensorrt_bundles_carry_their_builder_and_symmetric_int8(demo_out):
-    for precision in ("fp32", "int8"):
-        folder = demo_out / "text" / f"tensorrt-{precision}"
-        manifest = json.loads((folder / "manifest.json").read_text())
-        assert {"model.onnx", "build_engine.py", "manifest.json"} <= {p.name for p in folder.iterdir()}
-        assert manifest["parity"]["status"] == "skipped" and "tensorrt" in manifest["parity"]["reason"]
-        compile((folder / "build_engine.py").read_text(), "build_engine.py", "exec")
+def test_tensorrt_bundles_carry_their_builder_symmetric_int8_and_a_proxy_parity(demo_out):
+    for kind in ("text", "image"):
+        for precision in ("fp32", "int8"):
+            folder = demo_out / kind / f"tensorrt-{precision}"
+            manifest = json.loads((folder / "manifest.json").read_text())
+            assert {"model.onnx", "build_engine.py", "manifest.json"} <= {p.name for p in folder.iterdir()}
+            parity = manifest["parity"]  # the engine did not run: skipped, with the proxy's figures said as such
+            assert parity["status"] == "skipped" and "tensorrt" in parity["reason"] and "proxy: " in parity["reason"]
+            assert any("run in onnxruntime as a proxy" in n for n in parity["notes"])
+            assert parity["samples"] >= 268 and parity["agreement_lower"] >= 0.99
+            compile((folder / "build_engine.py").read_text(), "build_engine.py", "exec")
     model = onnx.load(str(demo_out / "text" / "tensorrt-int8" / "model.onnx"))
     constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     points = [constants[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]

@@ -18,6 +18,7 @@ from .base import Pass, PassResult
 
 __all__ = [
     "trace",
+    "canonicalize",
     "module_of",
     "is_add",
     "uses_running_stats",
@@ -31,17 +32,94 @@ __all__ = [
 ]
 
 
+class _Tracer(fx.Tracer):
+    """fx's tracer, with BatchNorm subclasses that keep BatchNorm's forward as leaves (their
+    forward checks input ranks in Python, which symbolic tracing cannot follow)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        inherits_forward = isinstance(m, _BatchNorm) and type(m).forward is _BatchNorm.forward
+        return inherits_forward or super().is_leaf_module(m, qualname)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     """A GraphModule of ``model`` (symbolic tracing), or a PassError saying why not."""
     if isinstance(model, fx.GraphModule):
         return fx.GraphModule(model, model.graph)
     try:
-        return fx.symbolic_trace(model)
+        return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     except Exception as e:
         raise PassError(
             f"cannot trace {type(model).__name__} with torch.fx ({type(e).__name__}: {e}); "
             "skip reparameterization with passes=[] or make forward() traceable"
         ) from e
+
+
+_BatchNorm = nn.modules.batchnorm._BatchNorm
+_BN_FUNCTIONS = (nn.functional.batch_norm, torch.batch_norm)
+_CHECKS = (torch._assert,)
+_IDENTITIES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+def canonicalize(gm: fx.GraphModule) -> dict[str, int]:
+    """Rewrite ``gm`` in place so the passes match what a layer computes, not how it is written:
+    shape checks (``torch._assert``) go, identities in eval (Identity, Dropout) are bypassed, and
+    functional batch norms in eval (``F.batch_norm`` inside timm's BatchNormAct2d, for example)
+    become BatchNorm modules. Needs shapes in ``meta["tensor_meta"]``; returns counts."""
+    counts = {"shape_checks": 0, "identities": 0, "functional_batchnorms": 0}
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in _CHECKS:
+            gm.graph.erase_node(node)
+            counts["shape_checks"] += 1
+        elif isinstance(module_of(gm, node), _IDENTITIES) and not module_of(gm, node).training and node.args:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            counts["identities"] += 1
+        elif node.op == "call_function" and node.target in _BN_FUNCTIONS:
+            bn = _batchnorm_module(gm, node)
+            if bn is not None:
+                replace_with_module(gm, node, bn, (node.args[0],), f"{node.name}_module")
+                gm.graph.erase_node(node)
+                counts["functional_batchnorms"] += 1
+    gm.graph.eliminate_dead_code()
+    return counts
+
+
+def _batchnorm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    """The eval BatchNorm module computing a functional batch norm node, or None when it is not
+    one in eval with constant statistics."""
+    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    args = {**dict(zip(names, node.args)), **node.kwargs}
+    if args.get("training", False) is not False:
+        return None
+    tensors = {}
+    for key in ("running_mean", "running_var", "weight", "bias"):
+        value = args.get(key)
+        if isinstance(value, fx.Node):
+            if value.op != "get_attr":
+                return None
+            value = _attr(gm, value.target)
+        tensors[key] = value
+    if tensors["running_mean"] is None or tensors["running_var"] is None or (
+            tensors["weight"] is None and tensors["bias"] is not None):
+        return None
+    meta = args["input"].meta.get("tensor_meta") if isinstance(args["input"], fx.Node) else None
+    rank = len(meta.shape) if meta is not None else 4
+    kind = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}.get(rank)
+    if kind is None:
+        return None
+    bn = kind(tensors["running_mean"].numel(), eps=float(args.get("eps", 1e-5)), affine=tensors["weight"] is not None)
+    with torch.no_grad():
+        bn.running_mean.copy_(tensors["running_mean"])
+        bn.running_var.copy_(tensors["running_var"])
+        if bn.affine:
+            bn.weight.copy_(tensors["weight"])
+            bn.bias.copy_(tensors["bias"] if tensors["bias"] is not None else torch.zeros_like(bn.bias))
+    return bn.eval()
+
+
+def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    owner, _, name = target.rpartition(".")
+    return getattr(gm.get_submodule(owner) if owner else gm, name).detach()
 
 
 def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -135,11 +213,12 @@ class GraphPass(Pass):
         pre = classifier.spec.preprocessing
         ShapeProp(gm).propagate(torch.zeros(1, pre.channels, *pre.size))
         before = count_parameters(gm)
+        canonical = canonicalize(gm)
         done, skipped = self.rewrite(gm)
         gm.graph.lint()
         gm.delete_all_unused_submodules()
         gm.recompile()
         after = count_parameters(gm)
-        notes = {"rewrites": done, "skipped": skipped, "parameters": [before[0], after[0]],
-                 "bytes": [before[1], after[1]]}
+        notes = {"rewrites": done, "skipped": skipped, "canonicalized": canonical,
+                 "parameters": [before[0], after[0]], "bytes": [before[1], after[1]]}
         return PassResult(classifier.with_model(gm) if done else classifier, bool(done), notes)

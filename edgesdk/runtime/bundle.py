@@ -196,16 +196,19 @@ class Bundle:
             self._encoder = encoder_for(self.spec, self.member(tokenizer) if tokenizer else None)
         return self._encoder
 
-    def runner(self) -> Runner:
+    def runner(self, runtime: str | None = None) -> Runner:
+        """The runner of the bundle's runtime, or of ``runtime`` (a target name) run on the same
+        model file as a proxy (TensorRT's ONNX in onnxruntime)."""
         from .runners import RUNNERS
 
-        return RUNNERS.get(self.target)(self.model_path, self.spec)
+        return RUNNERS.get(runtime or self.target)(self.model_path, self.spec)
 
-    def run_rows(self, rows: list, batch_size: int = 32) -> dict[str, np.ndarray]:
-        """Run encoded rows; returns each output stacked over the rows, in order."""
+    def run_rows(self, rows: list, batch_size: int = 32, runtime: str | None = None) -> dict[str, np.ndarray]:
+        """Run encoded rows (in ``runtime``'s runner when given); returns each output stacked
+        over the rows, in order."""
         out: dict[str, list] = {}
         order: list[int] = []
-        with self.runner() as runner:
+        with self.runner(runtime) as runner:
             for idx, feeds in self.encoder.batches(rows, batch_size):
                 for name, value in runner.infer(feeds).items():
                     out.setdefault(name, []).append(value)

@@ -31,6 +31,10 @@ class Target:
     distribution: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]]
     model_file: ClassVar[str]
+    # where this runtime cannot run here: another target's runner that runs the same model
+    # file as a proxy, and what that proxy is, in words
+    proxy_runtime: ClassVar[str | None] = None
+    proxy: ClassVar[str] = ""
 
     def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
         """Write the model file into ``folder``; returns notes for the manifest."""

@@ -100,6 +100,9 @@ class TensorRtTarget(Target):
     distribution = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
     model_file = "model.onnx"
+    proxy_runtime = "onnx"
+    proxy = ("TensorRT's model.onnx (for int8: its symmetric Q/DQ) run in onnxruntime as a proxy; the engine was "
+             "not built here")
 
     def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
         notes: dict[str, Any] = {"engine": f"built on the target GPU by {BUILD_SCRIPT}"}
