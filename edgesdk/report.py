@@ -172,10 +172,21 @@ def _disagreements(details: dict[str, Any], samples: Any) -> list[dict[str, Any]
 
 
 def _pass_figures(record: dict[str, Any]) -> dict[str, Any]:
+    """A pass's figures for the report; lists of rewrites or skips as one line per item."""
     figures = {k: v for k, v in record.items() if k not in ("name", "changed", "heldout")}
     if "heldout" in record:
         figures.update({f"heldout_{k}": v for k, v in record["heldout"].items() if k != "curve"})
-    return figures
+    return {k: _readable(v) for k, v in figures.items()}
+
+
+def _readable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_readable(v)}" for k, v in value.items())
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return "; ".join(_readable(v) for v in value)
+    if isinstance(value, list):
+        return " → ".join(str(v) for v in value) if len(value) == 2 else ", ".join(map(str, value)) or "none"
+    return value
 
 
 def _verdicts(bundle: dict[str, Any]) -> dict[str, str]:

@@ -132,26 +132,44 @@ def test_conv_bn_variants_fold():
 class Unfusable(nn.Module):
     def __init__(self, c=8):
         super().__init__()
-        self.c, self.d = convbn(c, c, 3), nn.Sequential(convbn(c, c, 3), nn.ReLU())
+        self.c, self.d, self.k = convbn(c, c, 3), nn.Sequential(convbn(c, c, 3), nn.ReLU()), convbn(c, c, 1, padding=0)
         self.e, self.f = convbn(c, c, 3), convbn(c, c, 3)
         self.g, self.h = convbn(c, c, 1, padding=0), convbn(c, c, 3, stride=2, padding=13)
         self.i, self.j = convbn(c, c, 2, padding=1), convbn(c, c, 4, padding=2)
         self.out = nn.Conv2d(4 * c, c, 1)
 
     def forward(self, x):
-        y = self.c(x) + self.d(x)  # a nonlinearity inside a branch
-        z = self.e(x) + self.f(torch.relu(x))  # branches over different inputs
+        y = self.c(x) + self.d(x) + self.k(x)  # a nonlinearity inside a branch
+        z = self.e(x) + self.f(torch.relu(x))  # layers over different inputs: not a candidate
         w = self.g(x) + self.h(x)  # strides 1 and 2 with outputs of one shape
         v = self.i(x) + self.j(x)  # even kernels
         return self.out(torch.cat([y, z, w, v[:, :, :-1, :-1]], 1))
 
 
+class Residual(nn.Module):
+    """A ResNet basic block: the sum of a nonlinear block and its input is not a branch sum."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.body = nn.Sequential(convbn(c, c, 3), nn.ReLU(), convbn(c, c, 3))
+
+    def forward(self, x):
+        return torch.relu(x + self.body(x))
+
+
 def test_what_cannot_fuse_is_left_and_reported():
     fused, records = check_exact(classifier(Net(Unfusable())))
     reasons = " | ".join(s["reason"] for s in records[1]["skipped"])
-    for expected in ("not a Conv/BatchNorm of the shared input", "different inputs", "stride", "even"):
+    for expected in ("not a Conv/BatchNorm of the shared input", "stride", "even"):
         assert expected in reasons
+    assert "different inputs" not in reasons  # two linear layers over two inputs are no branch sum: not listed
     assert not records[1]["changed"]
+    assert {s["at"] for s in records[1]["skipped"]} == {"blocks.0"}  # named by module path, not graph node
+
+
+def test_residual_adds_around_blocks_are_not_reported_as_skips():
+    fused, records = check_exact(classifier(Net(Residual(), Residual())))
+    assert records[1]["skipped"] == [] and not records[1]["changed"]
 
 
 def test_training_mode_batchnorm_is_refused():

@@ -102,6 +102,32 @@ class LayerChoice:
 
 
 @dataclass
+class _Search:
+    """What judging an int8 configuration needs: the float model, the ranges, the judge's samples
+    and PyTorch-free float reference logits, and the budget."""
+
+    model: Any
+    ranges: dict[str, tuple[float, float]]
+    nodes: set[str]
+    judge: Judge
+    encoder: Any
+    reference: np.ndarray
+    budget: Budget
+    progress: Progress = None
+
+    def trial(self, float_nodes: set[str], symmetric: bool = False) -> dict[str, Any]:
+        candidate, _ = qdq_model(self.model, self.ranges, self.nodes - float_nodes, symmetric)
+        return effect(self.reference, onnx_logits(candidate, self.judge.rows, self.encoder), self.judge.labels)
+
+    def float_layers(self, ranked: list[dict[str, Any]], base: set[str], symmetric: bool = False
+                     ) -> tuple[set[str], dict[str, Any], list[dict[str, Any]], str]:
+        """``base`` and the fewest of ``ranked`` (most sensitive first) kept float for the budget."""
+        kept, chosen, steps, judged = search_float_layers(
+            ranked, lambda extra: self.trial(base | extra, symmetric), self.budget, self.progress)
+        return base | {s["node"] for s in ranked[:kept]}, chosen, steps, judged
+
+
+@dataclass
 class Calibration:
     """The int8 model, its ranges, the float layers with their measured effect, and figures."""
 
@@ -113,14 +139,33 @@ class Calibration:
     figures: dict[str, Any] = field(default_factory=dict)
     float_model: Any = None
     quantized_nodes: list[str] = field(default_factory=list)
+    search: _Search | None = field(default=None, repr=False)
+    forced_int8: frozenset[str] = frozenset()
+    _symmetric: dict[str, Any] | None = field(default=None, repr=False)
+
+    def symmetric(self) -> dict[str, Any]:
+        """TensorRT's form of this calibration: int8 activations with zero point 0 over the same
+        ranges. Symmetric ranges spend half their levels on activations that are never negative,
+        so the budget is judged again and more layers kept float when it needs them."""
+        if self._symmetric is None:
+            base = {f["node"] for f in self.float_layers}
+            ranked = [s for s in self.sensitivity if s["node"] not in base | self.forced_int8]
+            nodes, chosen, steps, judged = self.search.float_layers(ranked, base, symmetric=True)
+            self._symmetric = {"float_nodes": nodes, "summary": {
+                "float_layers": [s["layer"] for s in self.sensitivity if s["node"] in nodes],
+                "added_float_layers": [s["layer"] for s in self.sensitivity if s["node"] in nodes - base],
+                "judged_effect": chosen, "judged_by": judged, "search": steps,
+                "met_budget": meets(chosen, self.search.budget, judged == "bound")}}
+        return self._symmetric
 
     def write_model(self, out: Path, symmetric: bool = False) -> Path:
-        """Write the int8 model again from the same ranges and float layers (``symmetric``:
-        int8 activations with zero point 0, for TensorRT)."""
+        """Write the int8 model again from the same ranges (``symmetric``: int8 activations with
+        zero point 0, for TensorRT, with the float layers ``symmetric()`` chose)."""
         import onnx
 
+        float_nodes = (self.symmetric()["float_nodes"] if symmetric else {f["node"] for f in self.float_layers})
         ranges = {name: (r["lo"], r["hi"]) for name, r in self.ranges["activations"].items()}
-        int8_nodes = set(self.quantized_nodes) - {f["node"] for f in self.float_layers}
+        int8_nodes = set(self.quantized_nodes) - float_nodes
         onnx.save_model(qdq_model(self.float_model, ranges, int8_nodes, symmetric)[0], str(out))
         return out
 
@@ -277,23 +322,6 @@ def _judge(judge: Judge | None, rows: list, labels: np.ndarray) -> tuple[list, l
     return kept, held_rows, Judge(held_rows, labels[held], "calibration samples held aside (every fifth)")
 
 
-def _search(model, ranges: dict[str, tuple[float, float]], sensitivity: list[dict[str, Any]], judge: Judge,
-            encoder, budget: Budget, forced_float: set[str], forced_int8: set[str], progress: Progress
-            ) -> tuple[set[str], dict[str, Any], list[dict[str, Any]], str]:
-    """The float layers: the fewest most sensitive ones (besides those forced) that keep the
-    budget on the judge's samples; returns them, their effect, the steps tried and how judged."""
-    reference = onnx_logits(model, judge.rows, encoder)
-    all_nodes = {s["node"] for s in sensitivity}
-
-    def trial(float_nodes: set[str]) -> dict[str, Any]:
-        candidate, _ = qdq_model(model, ranges, all_nodes - float_nodes - forced_float)
-        return effect(reference, onnx_logits(candidate, judge.rows, encoder), judge.labels)
-
-    ranked = [s for s in sensitivity if s["node"] not in forced_float | forced_int8]
-    kept, chosen, steps, judged = search_float_layers(ranked, trial, budget, progress)
-    return {s["node"] for s in ranked[:kept]} | forced_float, chosen, steps, judged
-
-
 def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path, method: str = "mse",
               budget: Budget = Budget(), progress: Progress = None, judge: Judge | None = None,
               choice: LayerChoice = LayerChoice(), smooth_alpha: float = SMOOTH_ALPHA) -> Calibration:
@@ -326,8 +354,10 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
     snr = local_snr(model, int8, nodes, (probe_rows or judge.rows)[:32], encoder)
     sensitivity = sorted(({"layer": n.layer, "node": n.node, "op": n.op, "local_snr_db": snr[n.node]}
                           for n in nodes), key=lambda s: (s["local_snr_db"], s["node"]))
-    float_nodes, chosen, steps, judged = _search(model, ranges, sensitivity, judge, encoder, budget, forced_float,
-                                                 forced_int8, progress)
+    search = _Search(model, ranges, all_nodes, judge, encoder, onnx_logits(model, judge.rows, encoder), budget,
+                     progress)
+    ranked = [s for s in sensitivity if s["node"] not in forced_float | forced_int8]
+    float_nodes, chosen, steps, judged = search.float_layers(ranked, set(forced_float))
     final, _ = qdq_model(model, ranges, all_nodes - float_nodes)
     log.debug("calibration: ranges in %.1f s, %d of %d layers kept float", observed - start, len(float_nodes),
               len(all_nodes))
@@ -342,6 +372,8 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
         model=out,
         float_model=model,
         quantized_nodes=[n.node for n in nodes],
+        search=search,
+        forced_int8=frozenset(forced_int8),
         ranges=_ranges_document(method, ranges, activation_qparams(final), quantized, tables),
         float_layers=float_layers,
         sensitivity=sensitivity,

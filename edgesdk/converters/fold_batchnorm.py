@@ -58,7 +58,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> tuple[list[dict], list[dict]]:
             weight, bias = fold_bn(layer.weight, layer.bias, bn)
             fused.weight = nn.Parameter(weight)
             fused.bias = nn.Parameter(bias)
-        replace_with_module(gm, node, fused, layer_node.args, f"{layer_node.target.replace('.', '_')}_bn")
+        replace_with_module(gm, node, fused, layer_node.args, f"{layer_node.target}_bn")
         gm.graph.erase_node(node)
         gm.graph.erase_node(layer_node)
         folded.append({"pattern": f"{type(layer).__name__}+{type(bn).__name__}", "at": node.name})

@@ -123,6 +123,18 @@ def _fuse(branches: list[_Branch]) -> nn.Conv2d:
     return fused
 
 
+def _where(leaves: list, node: fx.Node) -> str:
+    """Where a sum is, as the model names it: the module path its branches share (else the
+    graph's name for the sum)."""
+    paths = [leaf.target.split(".") for leaf in leaves if isinstance(leaf, fx.Node) and leaf.op == "call_module"]
+    shared = []
+    for parts in zip(*paths) if paths else ():
+        if len(set(parts)) != 1:
+            break
+        shared.append(parts[0])
+    return ".".join(shared) if shared else node.name
+
+
 def fuse_branches(gm: fx.GraphModule) -> tuple[list[dict], list[dict]]:
     """Fuse in place; returns (fused, skipped) records."""
     fused, skipped = [], []
@@ -131,17 +143,21 @@ def fuse_branches(gm: fx.GraphModule) -> tuple[list[dict], list[dict]]:
             continue
         leaves = [leaf for leaf in _leaves(node) if not (isinstance(leaf, (int, float)) and leaf == 0)]
         branches = [_branch(gm, leaf) for leaf in leaves]
-        reason = _check(leaves, branches) if len(leaves) > 1 else "a single branch"
+        inputs = [b.x for b in branches if b is not None]
+        if not any(inputs.count(x) > 1 for x in inputs):
+            continue  # no two linear branches over one input (a residual add around a block): not a candidate
+        reason = _check(leaves, branches)
         if reason:
-            skipped.append({"at": node.name, "reason": reason})
+            skipped.append({"at": _where(leaves, node), "reason": reason})
             continue
         x = next(b.x for b in branches if b is not None)
         branches = [b if b is not None else _Branch(x) for b in branches]
         with torch.no_grad():
             conv = _fuse(branches)
-        replace_with_module(gm, node, conv, (x,), f"fused_{node.name}")
+        where = _where(leaves, node)
+        replace_with_module(gm, node, conv, (x,), f"{where}.fused" if where != node.name else f"fused_{node.name}")
         gm.graph.eliminate_dead_code()
-        fused.append({"pattern": f"{len(branches)} branches", "at": node.name,
+        fused.append({"pattern": f"{len(branches)} branches", "at": where,
                       "kernel": list(conv.kernel_size), "groups": conv.groups, "stride": list(conv.stride)})
     return fused, skipped
 

@@ -77,7 +77,7 @@ def canonicalize(gm: fx.GraphModule) -> dict[str, int]:
         elif node.op == "call_function" and node.target in _BN_FUNCTIONS:
             bn = _batchnorm_module(gm, node)
             if bn is not None:
-                replace_with_module(gm, node, bn, (node.args[0],), f"{node.name}_module")
+                replace_with_module(gm, node, bn, (node.args[0],), _owner(node) or f"{node.name}_module")
                 gm.graph.erase_node(node)
                 counts["functional_batchnorms"] += 1
     gm.graph.eliminate_dead_code()
@@ -115,6 +115,14 @@ def _batchnorm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
             bn.weight.copy_(tensors["weight"])
             bn.bias.copy_(tensors["bias"] if tensors["bias"] is not None else torch.zeros_like(bn.bias))
     return bn.eval()
+
+
+def _owner(node: fx.Node) -> str | None:
+    """The module a functional batch norm belongs to: the owner of its running mean."""
+    mean = node.args[1] if len(node.args) > 1 else node.kwargs.get("running_mean")
+    if isinstance(mean, fx.Node) and mean.op == "get_attr":
+        return mean.target.rpartition(".")[0] + ".bn" if "." in mean.target else None
+    return None
 
 
 def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
@@ -175,17 +183,36 @@ def pad_kernel(weight: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
 
 def replace_with_module(gm: fx.GraphModule, old: fx.Node, module: nn.Module, inputs: tuple,
                         name: str) -> fx.Node:
-    """Insert ``module`` called on ``inputs`` before ``old`` and route ``old``'s users to it."""
-    target = name
-    i = 0
-    while hasattr(gm, target):
+    """Insert ``module`` called on ``inputs`` before ``old`` and route ``old``'s users to it.
+
+    ``name`` may be a dotted path (``blocks.0.conv_bn``), so rewritten layers keep the place in
+    the model the report names; a number is appended when it is taken.
+    """
+    target, i = name, 0
+    while _exists(gm, target):
         i += 1
         target = f"{name}_{i}"
-    gm.add_submodule(target, module)
+    if not gm.add_submodule(target, module):  # a parent on the path is not a module: keep it flat
+        target = name.replace(".", "_")
+        while _exists(gm, target):
+            target += "_"
+        gm.add_submodule(target, module)
     with gm.graph.inserting_before(old):
         new = gm.graph.call_module(target, inputs)
     old.replace_all_uses_with(new)
     return new
+
+
+def _exists(gm: fx.GraphModule, target: str) -> bool:
+    try:
+        gm.get_submodule(target)
+        return True
+    except AttributeError:
+        owner, _, attr = target.rpartition(".")
+        try:
+            return hasattr(gm.get_submodule(owner) if owner else gm, attr)
+        except AttributeError:
+            return False
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
