@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import signals
 from .errors import InputError
 from .runtime.bundle import MANIFEST, SCHEMA_VERSION, file_sha256
 
@@ -104,6 +105,7 @@ def staged_output(out: str | Path, overwrite: bool = False, inputs: Iterable[str
             os.chmod(staging, 0o777 & ~_umask())
             try:
                 yield staging
+                signals.check()  # an interrupt a library swallowed still means: write nothing
                 still_held()
                 (staging / MARKER).write_text("written by edgesdk; replaced by edgesdk --overwrite\n", encoding="utf-8")
                 _replace(staging, out)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
-from . import __version__, terminal
+from . import __version__, signals, terminal
 from .errors import EdgeSDKError
 
 __all__ = ["main", "EXIT_OK", "EXIT_GATE_FAILED", "EXIT_BAD_INPUT", "EXIT_INTERNAL"]
@@ -289,20 +288,17 @@ class _Subcommands:
         return self.sub.add_parser(name, parents=[self.common], **kwargs)
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     wants_help = "convert" in argv and ("-h" in argv or "--help" in argv)
     args = _parser(choices=wants_help).parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    signals.install()
     log = None
     try:
         with terminal.own_terminal(args.verbose) as log:
-            return args.func(args)
+            code = args.func(args)
+        return 128 + signals.received() if signals.received() else code
     except EdgeSDKError as e:
         print(f"edgesdk: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

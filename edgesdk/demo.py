@@ -200,7 +200,7 @@ def run_demo(out: str | Path, targets: tuple[str, ...] = DEMO_TARGETS, precision
         # low-confidence answers show which layers int8 hurts better than the confident training lines do)
         (data / "other-topics.txt").write_text("".join(f"{t}\n" for t, _ in topic_lines(OTHER_TOPICS)),
                                                encoding="utf-8")
-    text = TextClassifier.from_pretrained(out / "models" / "chatbot-topics")
+    text = TextClassifier.from_pretrained(out / "models" / "chatbot-topics", max_length=64)  # as it was trained
     image = digits_classifier()
     load_weights(image.model, out / "models" / "digits-cnn.safetensors")
     results = [
