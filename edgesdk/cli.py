@@ -36,14 +36,14 @@ def _table(rows: list[list[str]]) -> None:
         _say("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
 
 
-def _results(results: list[Any], args: argparse.Namespace) -> int:
+def _results(results: list[Any], args: argparse.Namespace, report: Path | None = None) -> int:
     """Print a conversion's (or the demo's) results, write the JUnit and baseline extras, and
     return the exit code."""
     from .baseline import compare_reports, format_comparison, read_report
     from .junit import write_junit
 
     reports = [r.report for r in results]
-    summary = {"ok": all(r.ok for r in results), "report": str(results[0].report_path),
+    summary = {"ok": all(r.ok for r in results), "report": str(report or results[0].report_path),
                "models": [{"model": r.model, "gates": r.gates,
                            "bundles": [{k: v for k, v in b.to_dict().items() if k != "robustness"}
                                        | {"path": str(b.path) if b.path else None} for b in r.bundles]}
@@ -173,7 +173,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     results = run_demo(args.out, _csv(args.targets), _csv(args.precisions), overwrite=args.overwrite,
                        quiet=args.quiet or args.json)
-    return _results(results, args)
+    return _results(results, args, Path(args.out).absolute() / "report.html")
 
 
 def _add_thresholds(p: argparse.ArgumentParser) -> None:
