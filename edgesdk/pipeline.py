@@ -375,6 +375,7 @@ class _Job:
     bundles: list[tuple[Target, str]]
     pass_names: list[str]
     pass_options: dict[str, dict[str, Any]]
+    applying: list[str]
     samples: Samples | None
     calibration: CalibrationPlan | None
     inputs: list[Path]
@@ -390,13 +391,14 @@ def _prepare(model: Classifier, config: ConvertConfig) -> _Job:
     options = {"prune_vocabulary": prune} if config.corpus else {}
     if not config.corpus and len(prune):
         raise InputError(f"{', '.join(sorted(prune))} only apply to vocabulary pruning: give a corpus too")
-    for name in [*pass_names, *options]:
-        PASSES.get(name)(**options.get(name, {}))  # unknown names and bad options fail before any work
+    # unknown names and bad options fail here, before any work
+    checked = {name: PASSES.get(name)(**options.get(name, {})) for name in [*pass_names, *options]}
+    applying = [name for name in pass_names if checked[name].applies_to(model)]
     samples = read_samples(config.verify_on, model.spec) if config.verify_on is not None else None
     plan = _calibration_plan(model, config)
     inputs = [*model.input_paths(), *(Path(p) for p in (config.verify_on, config.calibration, config.heldout,
                                                          config.forced_tokens, *config.corpus) if p)]
-    return _Job(config, bundles, pass_names, options, samples, plan, inputs)
+    return _Job(config, bundles, pass_names, options, applying, samples, plan, inputs)
 
 
 def convert(model: Classifier, out: str | Path, config: ConvertConfig | None = None, *, overwrite: bool = False,
@@ -454,8 +456,7 @@ def _model_stage(model: Classifier, job: _Job, steps: Steps, work: Path
             return {"max_abs_diff": float(diff.max()), "max_abs_logit": float(np.abs(reference).max()),
                     "agreement": float((logits.argmax(1) == reference.argmax(1)).mean())}
 
-    applying = [name for name in job.pass_names if PASSES.get(name)(**job.pass_options.get(name, {})).applies_to(model)]
-    with steps.step(f"passes on {model.spec.name}: {', '.join(applying) or 'none apply'}") as update:
+    with steps.step(f"passes on {model.spec.name}: {', '.join(job.applying) or 'none apply'}") as update:
         classifier, pass_records = run_passes(model, job.pass_names, measure, job.pass_options, work, update)
     gates = []
     if samples is not None and any(r["changed"] and not r["exact"] for r in pass_records):
