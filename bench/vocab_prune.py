@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from edgesdk import TextClassifier
-from edgesdk.converters.corpus_counts import open_tokenizer
+from edgesdk.corpus import open_tokenizer
 from edgesdk.converters.prune_vocab import PruneVocabulary
 from edgesdk.hf_folder import quiet_transformers
 

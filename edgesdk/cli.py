@@ -82,6 +82,8 @@ def _config(args: argparse.Namespace):
              "range_method": args.range_method, "calibration_samples": args.calibration_samples,
              "float_layers": _csv(args.float_layers), "int8_layers": _csv(args.int8_layers),
              "corpus": tuple(args.corpus) if args.corpus else None, "heldout": args.heldout,
+             "corpus_engine": args.corpus_engine, "corpus_processes": args.corpus_processes,
+             "spark_master": args.spark_master,
              "min_token_count": args.min_token_count, "max_vocab": args.max_vocab,
              "forced_tokens": args.forced_tokens, "min_pruning_agreement": args.min_pruning_agreement}
     config = base.replace(**given)
@@ -227,7 +229,15 @@ def _convert_parser(sub: Any, choices: bool) -> None:
     q.add_argument("--int8-layers", metavar="LAYERS",
                    help="comma-separated layers that stay int8 whatever the search finds")
     v = c.add_argument_group("vocabulary pruning (text; on when --corpus is given)")
-    v.add_argument("--corpus", nargs="+", metavar="FILE", help="unlabeled text files, one document per line (.gz ok)")
+    v.add_argument("--corpus", nargs="+", metavar="SOURCE",
+                   help="unlabeled texts: text files or globs of shards, one document per line (.gz ok); "
+                        "FILE.parquet:COLUMN, FILE.arrow:COLUMN, or a saved datasets folder (FOLDER:COLUMN)")
+    v.add_argument("--corpus-engine", choices=("local", "spark"),
+                   help="who counts the corpus's tokens: this machine's cores (default) or Spark "
+                        "(pip install 'edgesdk[spark]'; see --spark-master)")
+    v.add_argument("--corpus-processes", type=int, metavar="N",
+                   help="local engine: worker processes (default: every core, for corpora over 8 MB)")
+    v.add_argument("--spark-master", metavar="URL", help="spark engine: the master URL (default local[*])")
     v.add_argument("--heldout", metavar="FILE", help="held-out texts: report how many still tokenize exactly")
     v.add_argument("--min-token-count", type=int, help="keep tokens seen at least this often (default 1)")
     v.add_argument("--max-vocab", type=int, help="keep at most this many tokens (most frequent first)")

@@ -52,6 +52,9 @@ class ConvertConfig:
     float_layers: tuple[str, ...] = ()
     int8_layers: tuple[str, ...] = ()
     corpus: tuple[str, ...] = ()
+    corpus_engine: str = "local"
+    corpus_processes: int | None = None
+    spark_master: str | None = None
     heldout: str | None = None
     min_token_count: int | None = None
     max_vocab: int | None = None
@@ -130,7 +133,8 @@ _EXPECTED = {
     "model": _TEXT, "weights": _TEXT, "labels": _NAMES, "max_length": _COUNT, "targets": _NAMES,
     "precisions": _NAMES, "verify_on": _TEXT, "passes": _NAMES, "max_abs_diff": _NUMBER, "min_agreement": _NUMBER,
     "calibration": _TEXT, "range_method": _TEXT, "calibration_samples": _COUNT, "float_layers": _NAMES,
-    "int8_layers": _NAMES, "corpus": _NAMES, "heldout": _TEXT, "min_token_count": _COUNT, "max_vocab": _COUNT,
+    "int8_layers": _NAMES, "corpus": _NAMES, "corpus_engine": _TEXT,
+    "corpus_processes": _COUNT, "spark_master": _TEXT, "heldout": _TEXT, "min_token_count": _COUNT, "max_vocab": _COUNT,
     "forced_tokens": _TEXT, "min_pruning_agreement": _NUMBER,
 }
 

@@ -387,7 +387,11 @@ def _prepare(model: Classifier, config: ConvertConfig) -> _Job:
     pass_names = list(PASSES.names()) if config.passes is None else list(config.passes)
     prune = {key: value for key, value in (("corpus", list(config.corpus)), ("heldout", config.heldout),
                                            ("min_count", config.min_token_count), ("max_vocab", config.max_vocab),
-                                           ("forced_tokens", config.forced_tokens)) if value}
+                                           ("forced_tokens", config.forced_tokens),
+                                           ("processes", config.corpus_processes),
+                                           ("spark_master", config.spark_master)) if value}
+    if config.corpus_engine != "local":
+        prune["engine"] = config.corpus_engine
     options = {"prune_vocabulary": prune} if config.corpus else {}
     if not config.corpus and len(prune):
         raise InputError(f"{', '.join(sorted(prune))} only apply to vocabulary pruning: give a corpus too")
@@ -396,8 +400,9 @@ def _prepare(model: Classifier, config: ConvertConfig) -> _Job:
     applying = [name for name in pass_names if checked[name].applies_to(model)]
     samples = read_samples(config.verify_on, model.spec) if config.verify_on is not None else None
     plan = _calibration_plan(model, config)
-    inputs = [*model.input_paths(), *(Path(p) for p in (config.verify_on, config.calibration, config.heldout,
-                                                         config.forced_tokens, *config.corpus) if p)]
+    corpus = [f for s in checked["prune_vocabulary"].corpus for f in s.files()] if config.corpus else []
+    inputs = [*model.input_paths(), *corpus, *(Path(p) for p in (config.verify_on, config.calibration,
+                                                                 config.heldout, config.forced_tokens) if p)]
     return _Job(config, bundles, pass_names, options, applying, samples, plan, inputs)
 
 

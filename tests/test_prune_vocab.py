@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 import edgesdk
 from edgesdk import TextClassifier
-from edgesdk.converters.corpus_counts import open_tokenizer
 from edgesdk.converters.prune_vocab import PruneVocabulary
+from edgesdk.corpus import open_tokenizer
 from edgesdk.demo import topic_lines
 from edgesdk.errors import InputError
 from edgesdk.runtime import load_bundle
@@ -148,14 +148,19 @@ def test_tokenizer_larger_than_embedding_is_refused(tiny_text_dir, tmp_path):
 def test_convert_with_corpus_end_to_end(tiny_text_dir, tmp_path):
     # 300 corpus texts (each twice): enough for the pruning gate's bound to show 99%
     val = _write(tmp_path / "val.tsv", [f"{t}\t{'neg neu pos'.split()[i % 3]}" for i, t in enumerate(CORPUS * 2)])
-    corpus = _write(tmp_path / "corpus.txt", CORPUS)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus = tmp_path / "corpus.parquet"  # a data lake's table: the text is one column of several
+    pq.write_table(pa.table({"id": range(len(CORPUS)), "text": CORPUS, "lang": ["en"] * len(CORPUS)}), corpus)
     out = tmp_path / "dist"
     r = run_cli("convert", "--model", str(tiny_text_dir), "--out", str(out), "--verify-on", str(val),
-                "--corpus", str(corpus), "--heldout", str(_write(tmp_path / "held.txt", HELDOUT)), "--quiet")
+                "--corpus", f"{corpus}:text", "--heldout", str(_write(tmp_path / "held.txt", HELDOUT)), "--quiet")
     assert r.returncode == 0, r.stderr
     manifest = json.loads((out / "onnx-fp32" / "manifest.json").read_text())
     (record,) = [p for p in manifest["passes"] if p["name"] == "prune_vocabulary"]
     assert record["changed"] and record["vocab_after"] < 2000 and record["max_abs_diff"] <= 1e-5
+    assert record["corpus_lines"] == len(CORPUS) and record["corpus_files"][0]["name"] == "corpus.parquet:text"
     assert manifest["parity"]["status"] == "pass" and manifest["parity"]["max_abs_diff"] <= 1e-4
     assert manifest["files"]["tokenizer.json"]["bytes"] < 100_000
     bundle = load_bundle(out / "onnx-fp32")

@@ -1,6 +1,6 @@
 """Vocabulary pruning: keep the tokens a user's corpus uses, drop the rest of the embedding.
 
-The pass counts the ids the corpus produces (``corpus_counts``), keeps those plus what any
+The pass counts the ids the corpus produces (``edgesdk.corpus``), keeps those plus what any
 text needs to tokenize (``vocab_tokenizer.required_ids``), rewrites tokenizer.json
 (``vocab_tokenizer.prune_tokenizer_json``) and copies the kept rows of every
 vocabulary-sized weight (input embedding, tied or untied output embedding and bias),
@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgesdk.corpus import TokenCounts, check_engine, count_corpus, open_tokenizer, parse_sources
 from edgesdk.data import read_text_lines
 from edgesdk.errors import InputError, PassError
 from edgesdk.models import TextClassifier
 from edgesdk.runtime.bundle import file_sha256
 
 from .base import PASSES, Pass, PassResult
-from .corpus_counts import TokenCounts, count_corpus, open_tokenizer
 from .vocab_tokenizer import bpe_closure, family, prune_tokenizer_json, required_ids, vocab_ids
 
 __all__ = ["PruneVocabulary", "select_ids", "prune_embeddings", "heldout_figures"]
@@ -175,34 +175,43 @@ def _parameter_bytes(model: nn.Module) -> tuple[int, int]:
 
 @PASSES.register("prune_vocabulary")
 class PruneVocabulary(Pass):
-    """Keep the tokens of ``corpus`` (text files) in the tokenizer and the embedding."""
+    """Keep the tokens of ``corpus`` in the tokenizer and the embedding.
+
+    ``corpus`` names text files, globs of shards, ``file.parquet:column``, ``file.arrow:column``
+    or saved ``datasets`` folders (``edgesdk.corpus.sources``); ``engine`` counts them on this
+    machine's cores (``processes``) or on Spark (``spark_master``).
+    """
 
     kinds = ("text",)
 
     exact = False  # exact on the corpus' texts; other texts may tokenize differently
 
     def __init__(self, corpus: list[str | Path] | None = None, min_count: int = 1, max_vocab: int | None = None,
-                 forced_tokens: str | Path | None = None, heldout: str | Path | None = None) -> None:
+                 forced_tokens: str | Path | None = None, heldout: str | Path | None = None, engine: str = "local",
+                 processes: int | None = None, spark_master: str | None = None) -> None:
         if min_count < 1:
             raise InputError(f"min_count must be at least 1, not {min_count}")
         if max_vocab is not None and max_vocab < 1:
             raise InputError(f"max_vocab must be a positive number of tokens, not {max_vocab}")
-        self.corpus = [Path(p) for p in corpus or []]
-        for path in [*self.corpus, *(Path(p) for p in (forced_tokens, heldout) if p is not None)]:
+        check_engine(engine, processes)
+        self.corpus = parse_sources(list(corpus or []))
+        for path in (Path(p) for p in (forced_tokens, heldout) if p is not None):
             if not path.is_file():
                 raise InputError(f"{path} does not exist or is not a file")
         self.min_count, self.max_vocab = min_count, max_vocab
         self.forced_tokens = forced_tokens
         self.heldout = heldout
+        self.engine = {"engine": engine, "processes": processes, "master": spark_master}
 
     def applies_to(self, classifier: Any) -> bool:
         return bool(self.corpus) and isinstance(classifier, TextClassifier)
 
     def _corpus_figures(self, counts: TokenCounts, keep: list[int]) -> dict[str, Any]:
-        return {"corpus_files": [_file_entry(Path(p)) for p in self.corpus], "corpus_lines": counts.lines,
-                "corpus_tokens": counts.tokens,
+        files = [{**_file_entry(f), "name": s.name if f == s.path else f"{s.name}/{f.name}"}
+                 for s in self.corpus for f in s.files()]
+        return {"corpus_files": files, "corpus_lines": counts.lines, "corpus_tokens": counts.tokens,
                 "corpus_coverage": float(counts.counts[keep].sum() / max(counts.tokens, 1)),
-                "min_count": self.min_count, "max_vocab": self.max_vocab}
+                "min_count": self.min_count, "max_vocab": self.max_vocab, "corpus_engine": self.engine["engine"]}
 
     def __call__(self, classifier: TextClassifier) -> PassResult:
         if self.workdir is None:
@@ -216,7 +225,7 @@ class PruneVocabulary(Pass):
         if size > rows:
             raise InputError(f"tokenizer.json has {size} tokens but the embedding has {rows} rows: "
                              "the tokenizer belongs to another model")
-        counts = count_corpus(tokenizer, self.corpus, self.min_count, progress=self.progress)
+        counts = count_corpus(tokenizer, self.corpus, self.min_count, progress=self.progress, **self.engine)
         pre = classifier.spec.preprocessing
         base = required_ids(tj, _normalized_alphabet(tokenizer, counts.chars)) | {pre.pad_id}
         if self.forced_tokens is not None:

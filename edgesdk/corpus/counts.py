@@ -1,24 +1,22 @@
 """Count the token ids a corpus produces, streamed in batches through the fast tokenizer.
 
-A corpus is one or more UTF-8 text files (plain or gzip), one document per line; it is
-never held in memory. Counts of separate files merge (``TokenCounts.merge``), so a large
-corpus can be counted in parts.
+A corpus is one or more sources (``edgesdk.corpus.sources``: text files, Parquet and Arrow
+columns, saved ``datasets`` folders); it is never held in memory. Counts of separate parts
+merge in order (``TokenCounts.merge``), which is how the engines (``edgesdk.corpus.engines``:
+one process, every core, or Spark) count a corpus in parts.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain, islice
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
-from edgesdk.data import read_text_lines
 from edgesdk.errors import InputError
 
-__all__ = ["TokenCounts", "count_corpus", "open_tokenizer"]
+__all__ = ["TokenCounts", "open_tokenizer", "encode_documents"]
 
 _NEVER = np.iinfo(np.int64).max
 
@@ -42,18 +40,32 @@ class TokenCounts:
     def tokens(self) -> int:
         return int(self.counts.sum())
 
-    def add(self, ids: list[list[int]], chars: set[str]) -> None:
-        """Add one batch: the token ids of each line, and the batch's characters."""
-        flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64)
-        line = np.repeat(np.arange(self.lines + 1, self.lines + len(ids) + 1), [len(i) for i in ids])
+    def add(self, flat: np.ndarray, lengths: np.ndarray, chars: set[str]) -> None:
+        """Add one batch: its lines' token ids end to end, the number of ids of each line, and the
+        batch's characters."""
+        line = np.repeat(np.arange(self.lines + 1, self.lines + len(lengths) + 1), lengths)
         order = np.argsort(flat, kind="stable")
         unique, first, seen = np.unique(flat[order], return_index=True, return_counts=True)
         need = self.min_count - self.counts[unique]  # occurrences still needed to reach min_count
         now = (need >= 1) & (need <= seen)
         self.reached_at[unique[now]] = line[order][first[now] + need[now] - 1]
         self.counts += np.bincount(flat, minlength=len(self.counts))
-        self.lines += len(ids)
+        self.lines += len(lengths)
         self.chars |= chars
+
+    def sparse(self) -> dict:
+        """The ids that occurred, with their counts and reach lines: a small message between processes."""
+        seen = np.flatnonzero(self.counts)
+        return {"ids": seen, "counts": self.counts[seen], "reached_at": self.reached_at[seen], "lines": self.lines,
+                "chars": self.chars}
+
+    @classmethod
+    def from_sparse(cls, vocab_size: int, min_count: int, part: dict) -> TokenCounts:
+        counts = cls.empty(vocab_size, min_count)
+        counts.counts[part["ids"]] = part["counts"]
+        counts.reached_at[part["ids"]] = part["reached_at"]
+        counts.lines, counts.chars = part["lines"], set(part["chars"])
+        return counts
 
     def merge(self, other: TokenCounts) -> TokenCounts:
         """Counts of this corpus followed by ``other``."""
@@ -77,30 +89,10 @@ def open_tokenizer(path: Path):
     return tokenizer
 
 
-def _documents(path: Path) -> Iterator[str]:
-    for number, line in read_text_lines(path):
-        if "\x00" in line:
-            raise InputError(f"{path}: line {number} holds binary data, not text; give one document per line")
-        if line.strip():
-            yield line
-
-
-def count_corpus(tokenizer, files: list[Path], min_count: int = 1, batch_lines: int = 512,
-                 progress: Callable[[str], None] | None = None) -> TokenCounts:
-    """Stream ``files`` through ``tokenizer`` (without special tokens) and count ids."""
-    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-    total = TokenCounts.empty(vocab_size, min_count)
-    start = time.perf_counter()
-    for path in files:
-        part = TokenCounts.empty(vocab_size, min_count)
-        docs = _documents(Path(path))
-        while batch := list(islice(docs, batch_lines)):
-            part.add([e.ids for e in tokenizer.encode_batch(batch, add_special_tokens=False)], set().union(*batch))
-            if progress is not None:
-                rate = (total.lines + part.lines) / max(time.perf_counter() - start, 1e-9)
-                progress(f"{Path(path).name}: {total.lines + part.lines:,} lines, {rate:,.0f} lines/s")
-        total = total.merge(part)
-    total.seconds = time.perf_counter() - start
-    if not total.lines:
-        raise InputError(f"the corpus ({', '.join(map(str, files))}) holds no text: give one document per line")
-    return total
+def encode_documents(tokenizer, documents: list[str]) -> tuple[np.ndarray, np.ndarray, set[str]]:
+    """Token ids of ``documents`` (without special tokens) end to end, ids per document, and
+    their characters: what ``TokenCounts.add`` takes."""
+    encodings = tokenizer.encode_batch(documents, add_special_tokens=False)
+    lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+    flat = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int64, int(lengths.sum()))
+    return flat, lengths, set().union(*documents)

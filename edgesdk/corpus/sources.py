@@ -1,0 +1,183 @@
+"""Where a corpus comes from: text files and globs of shards, Parquet and Arrow columns, saved
+Hugging Face ``datasets`` folders; each read as a stream of documents, never whole.
+
+A source is named as the CLI takes it: ``logs/*.txt.gz`` (one document per line),
+``data.parquet:text`` or ``table.arrow:body`` (a string column; the column may be left out
+when the table has a single string column), or a folder written by
+``datasets.Dataset.save_to_disk`` (``folder:text``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+from edgesdk.data import read_text_lines
+from edgesdk.errors import InputError
+
+__all__ = ["CorpusSource", "parse_sources", "batches"]
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
+_FORMATS = "text files (.txt, .gz), Parquet (.parquet), Arrow (.arrow, .feather) or a saved datasets folder"
+
+
+@dataclass(frozen=True)
+class CorpusSource:
+    """One file (or saved ``datasets`` folder) of a corpus, and the column that holds its text."""
+
+    path: Path
+    kind: str  # "text", "parquet", "arrow" or "datasets"
+    column: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name + (f":{self.column}" if self.column else "")
+
+    def files(self) -> list[Path]:
+        """The files read (the Arrow shards of a datasets folder), for hashing and overlap checks."""
+        return _dataset_files(self.path) if self.kind == "datasets" else [self.path]
+
+    def documents(self, batch_rows: int = 8192) -> Iterator[str]:
+        """Every non-blank document, in file order."""
+        if self.kind == "text":
+            yield from _text_documents(self.path)
+            return
+        for column in self._columns(batch_rows):
+            yield from (doc for doc in column.to_pylist() if doc is not None and doc.strip())
+
+    def text_column(self) -> str:
+        """The column that holds the text (Parquet, Arrow, datasets): the one named, or the only
+        string column."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            schema = pq.read_schema(self.path) if self.kind == "parquet" else _open_arrow(self.files()[0]).schema
+        except (OSError, pa.ArrowException) as e:
+            raise InputError(f"{self.path}: cannot read it as {self.kind} ({e})") from e
+        return _pick_column(schema, self.column, self.path)
+
+    def _columns(self, batch_rows: int):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        column = self.text_column()
+        try:
+            if self.kind == "parquet":
+                for batch in pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows, columns=[column]):
+                    yield batch.column(0)
+                return
+            for path in self.files():
+                reader = _open_arrow(path)
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches)) \
+                    if isinstance(reader, pa.ipc.RecordBatchFileReader) else reader
+                for batch in batches:
+                    yield batch.column(column)
+        except (OSError, pa.ArrowException) as e:
+            raise InputError(f"{self.path}: cannot read it as {self.kind} ({e})") from e
+
+
+def _text_documents(path: Path) -> Iterator[str]:
+    for number, line in read_text_lines(path):
+        if "\x00" in line:
+            raise InputError(f"{path}: line {number} holds binary data, not text; give one document per line")
+        if line.strip():
+            yield line
+
+
+def _open_arrow(path: Path):
+    """An Arrow IPC file (random access) or stream (what ``datasets`` writes)."""
+    import pyarrow as pa
+
+    source = pa.memory_map(str(path))
+    try:
+        return pa.ipc.open_file(source)
+    except pa.ArrowInvalid:
+        source.seek(0)
+        return pa.ipc.open_stream(source)
+
+
+def _pick_column(schema, column: str | None, path: Path) -> str:
+    import pyarrow as pa
+
+    strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    if column is None:
+        if len(strings) == 1:
+            return strings[0]
+        raise InputError(f"{path}: name the text column, e.g. {path}:{strings[0] if strings else 'text'} "
+                         f"(string columns: {', '.join(strings) or 'none'})")
+    if column not in schema.names:
+        raise InputError(f"{path} has no column {column!r}; its columns: {', '.join(schema.names)}")
+    if column not in strings:
+        raise InputError(f"{path}: column {column!r} holds {schema.field(column).type}, not text; "
+                         f"string columns: {', '.join(strings) or 'none'}")
+    return column
+
+
+def _dataset_files(folder: Path) -> list[Path]:
+    """The Arrow shards of a folder written by ``Dataset.save_to_disk``, from its state.json."""
+    if (folder / "dataset_dict.json").is_file():
+        splits = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        raise InputError(f"{folder} holds a DatasetDict: name one split's folder, e.g. {folder / splits[0]}"
+                         if splits else f"{folder} holds an empty DatasetDict")
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        names = [entry["filename"] for entry in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{folder} is not a folder written by datasets' save_to_disk (state.json: {e})") from e
+    files = [folder / n for n in names]
+    outside = [n for n, f in zip(names, files) if f.resolve().parent != folder.resolve() or not f.is_file()]
+    if outside:
+        raise InputError(f"{folder}/state.json names shards that are not files in the folder: {', '.join(outside)}")
+    return files
+
+
+def _kind(path: Path) -> str | None:
+    if path.is_dir():
+        return "datasets" if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file() else None
+    if not path.is_file():
+        return None
+    suffix = path.suffix.lower()
+    return "parquet" if suffix in PARQUET_SUFFIXES else "arrow" if suffix in ARROW_SUFFIXES else "text"
+
+
+def _expand(spec: str) -> list[Path]:
+    if glob.has_magic(spec):
+        matches = sorted(Path(p) for p in glob.glob(spec, recursive=True))
+        if not matches:
+            raise InputError(f"corpus pattern {spec!r} matches no file")
+        return matches
+    return [Path(spec)]
+
+
+def parse_sources(specs: list[str | Path]) -> list[CorpusSource]:
+    """Sources for CLI-style specs (``path``, ``glob``, ``path:column``), checked before any work."""
+    sources = []
+    for spec in map(str, specs):
+        column = None
+        path, sep, tail = spec.rpartition(":")
+        if sep and path and not Path(spec).exists() and tail and "/" not in tail:
+            spec, column = path, tail
+        for path in _expand(spec):
+            kind = _kind(path)
+            if kind is None:
+                raise InputError(f"corpus {path} does not exist or is not one of: {_FORMATS}")
+            if kind == "text" and column is not None:
+                raise InputError(f"corpus {path}: a text file has no columns (one document per line); "
+                                 f"drop ':{column}'")
+            source = CorpusSource(path, kind, column)
+            source.files()  # a datasets folder is checked here, before any work
+            sources.append(source)
+    return sources
+
+
+def batches(source: CorpusSource, size: int) -> Iterator[list[str]]:
+    """The source's documents in lists of ``size``."""
+    docs = source.documents()
+    while batch := list(islice(docs, size)):
+        yield batch
