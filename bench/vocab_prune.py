@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from edgesdk import TextClassifier
-from edgesdk.corpus import open_tokenizer
 from edgesdk.converters.prune_vocab import PruneVocabulary
+from edgesdk.corpus import open_tokenizer
 from edgesdk.hf_folder import quiet_transformers
 
 ROOT = Path(__file__).resolve().parents[1]
