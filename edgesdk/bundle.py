@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from . import signals
 from .errors import InputError
 from .runtime.bundle import MANIFEST, SCHEMA_VERSION, file_sha256
 
-__all__ = ["write_manifest", "write_arrays", "write_npz", "staged_output", "check_output", "MARKER"]
+__all__ = ["write_manifest", "write_array_files", "write_npz", "staged_output", "check_output", "MARKER"]
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -38,11 +39,27 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Save arrays as safetensors: byte-reproducible and never unpickled."""
-    from safetensors.numpy import save_file
+_SAFETENSORS_DTYPES = {"float32": "F32", "float64": "F64", "int64": "I64", "int32": "I32", "uint8": "U8"}
 
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path))
+
+def write_array_files(path: Path, arrays: dict[str, Any]) -> None:
+    """Save ``ArrayFile``s (``edgesdk.verification``) as one safetensors file, copied a chunk at a
+    time (the safetensors package writes only arrays held in memory): an 8-byte header length,
+    the JSON header (names in sorted order, padded to 8 bytes), then each array's bytes."""
+    header, offset = {}, 0
+    for name in sorted(arrays):
+        a = arrays[name]
+        size = len(a) * int(np.prod(a.row_shape, dtype=np.int64)) * a.dtype.itemsize
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[a.dtype.name], "shape": [len(a), *a.row_shape],
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for name in sorted(arrays):
+            for _, rows in arrays[name].chunks():
+                f.write(rows.tobytes())
     os.chmod(path, 0o666 & ~_umask())
 
 

@@ -77,7 +77,7 @@ def _config(args: argparse.Namespace):
     base = ConvertConfig.load(args.config) if args.config else ConvertConfig()
     given = {"model": args.model, "weights": args.weights, "labels": _csv(args.labels),
              "max_length": args.max_length, "targets": _csv(args.targets), "precisions": _csv(args.precisions),
-             "verify_on": args.verify_on, "passes": _csv(args.passes), "max_abs_diff": args.max_abs_diff,
+             "verify_on": args.verify_on, "verify_samples": args.verify_samples, "passes": _csv(args.passes), "max_abs_diff": args.max_abs_diff,
              "min_agreement": args.min_agreement, "calibration": args.calibration,
              "range_method": args.range_method, "calibration_samples": args.calibration_samples,
              "float_layers": _csv(args.float_layers), "int8_layers": _csv(args.int8_layers),
@@ -214,6 +214,9 @@ def _convert_parser(sub: Any, choices: bool) -> None:
     c.add_argument("--targets", help=f"comma-separated targets (default onnx){listed('edgesdk.targets', 'TARGETS')}")
     c.add_argument("--precisions", help="comma-separated precisions (default fp32): fp32, int8 (fp16: tensorrt)")
     c.add_argument("--verify-on", help="verification data: .tsv of text[TAB label], or .npz / folder of images")
+    c.add_argument("--verify-samples", type=int, metavar="N",
+                   help="verify N of the file's samples, evenly spaced in file order (default: all; any number is "
+                        "streamed in bounded memory)")
     c.add_argument("--passes", help="comma-separated passes to run (default: all that apply; '' for none)"
                                     f"{listed('edgesdk.converters', 'PASSES')}")
     _add_output(c)

@@ -43,6 +43,7 @@ class ConvertConfig:
     targets: tuple[str, ...] = ("onnx",)
     precisions: tuple[str, ...] = ("fp32",)
     verify_on: str | None = None
+    verify_samples: int | None = None
     passes: tuple[str, ...] | None = None
     max_abs_diff: float | None = None
     min_agreement: float | None = None
@@ -131,7 +132,7 @@ class ConvertConfig:
 _TEXT, _NUMBER, _COUNT, _NAMES = "text", "number", "count", "names"
 _EXPECTED = {
     "model": _TEXT, "weights": _TEXT, "labels": _NAMES, "max_length": _COUNT, "targets": _NAMES,
-    "precisions": _NAMES, "verify_on": _TEXT, "passes": _NAMES, "max_abs_diff": _NUMBER, "min_agreement": _NUMBER,
+    "precisions": _NAMES, "verify_on": _TEXT, "verify_samples": _COUNT, "passes": _NAMES, "max_abs_diff": _NUMBER, "min_agreement": _NUMBER,
     "calibration": _TEXT, "range_method": _TEXT, "calibration_samples": _COUNT, "float_layers": _NAMES,
     "int8_layers": _NAMES, "corpus": _NAMES, "corpus_engine": _TEXT,
     "corpus_processes": _COUNT, "spark_master": _TEXT, "heldout": _TEXT, "min_token_count": _COUNT, "max_vocab": _COUNT,

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .parity import Thresholds, compare
+from .parity import ParityAccumulator, Thresholds
 
-__all__ = ["pruning_fidelity", "DEFAULT_MIN_PRUNING_AGREEMENT"]
+__all__ = ["PruningFidelity", "DEFAULT_MIN_PRUNING_AGREEMENT"]
 
 DEFAULT_MIN_PRUNING_AGREEMENT = 0.99
 
@@ -24,25 +24,42 @@ def _tokens(encoder: Any, texts: list[str]) -> list[list[str]]:
     return [[tokenizer.id_to_token(int(i)) for i in row["input_ids"]] for row in encoder.encode(texts)]
 
 
-def pruning_fidelity(original: Any, pruned: Any, texts: list[str], labels: np.ndarray, original_logits: np.ndarray,
-                     pruned_logits: np.ndarray, min_agreement: float = DEFAULT_MIN_PRUNING_AGREEMENT,
-                     heldout: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The pruning gate on the verification texts: agreement of the pruned model with the original
-    (95% lower bound), accuracy change, exact-tokenization share, and what to do when it fails."""
-    result = compare(original_logits, pruned_logits,
-                     Thresholds(max_abs_diff=None, min_agreement=min_agreement, confidence=0.95), labels)
-    exact = np.array([a == b for a, b in zip(_tokens(original.encoder(), texts), _tokens(pruned.encoder(), texts))])
-    agree = original_logits.argmax(1) == pruned_logits.argmax(1)
-    figures = {
-        "texts": len(texts), "texts_exact": int(exact.sum()), "exact_share": float(exact.mean()),
-        "agreement_exact": float(agree[exact].mean()) if exact.any() else None,
-        "agreement_other": float(agree[~exact].mean()) if (~exact).any() else None,
-    }
-    reason = result.reason
-    if result.status == "fail":
-        reason += "; " + _advice(figures, heldout)
-    return {"name": "pruning fidelity", "status": result.status, "reason": reason, "parity": result.to_dict(),
-            **figures}
+class PruningFidelity:
+    """The pruning gate on the verification texts, accumulated chunk by chunk: agreement of the
+    pruned model with the original (95% lower bound), accuracy change, exact-tokenization share,
+    and what to do when it fails."""
+
+    def __init__(self, original: Any, pruned: Any, min_agreement: float = DEFAULT_MIN_PRUNING_AGREEMENT) -> None:
+        self.parity = ParityAccumulator(Thresholds(max_abs_diff=None, min_agreement=min_agreement, confidence=0.95))
+        self.encoders = (original.encoder(), pruned.encoder())
+        self.texts = self.exact = self.agree_exact = self.agree_other = 0
+
+    def add(self, texts: list[str], labels: np.ndarray, original_logits: np.ndarray,
+            pruned_logits: np.ndarray) -> None:
+        """Add one chunk of texts with both models' logits."""
+        self.parity.add(original_logits, pruned_logits, labels)
+        before, after = (_tokens(encoder, texts) for encoder in self.encoders)
+        exact = np.array([a == b for a, b in zip(before, after)], dtype=bool)
+        agree = original_logits.argmax(1) == pruned_logits.argmax(1)
+        self.texts += len(texts)
+        self.exact += int(exact.sum())
+        self.agree_exact += int((agree & exact).sum())
+        self.agree_other += int((agree & ~exact).sum())
+
+    def result(self, heldout: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The gate: status, reason (with advice when it fails), parity figures and token figures."""
+        result = self.parity.result()
+        other = self.texts - self.exact
+        figures = {
+            "texts": self.texts, "texts_exact": self.exact, "exact_share": self.exact / self.texts,
+            "agreement_exact": self.agree_exact / self.exact if self.exact else None,
+            "agreement_other": self.agree_other / other if other else None,
+        }
+        reason = result.reason
+        if result.status == "fail":
+            reason += "; " + _advice(figures, heldout)
+        return {"name": "pruning fidelity", "status": result.status, "reason": reason, "parity": result.to_dict(),
+                **figures}
 
 
 def _advice(figures: dict[str, Any], heldout: dict[str, Any] | None) -> str:

@@ -14,7 +14,8 @@ import numpy as np
 from .errors import InputError
 from .stats import labels_to_show, paired_drop_upper, samples_to_show, wilson_interval
 
-__all__ = ["Thresholds", "ParityResult", "compare", "gates", "skipped", "default_thresholds"]
+__all__ = ["Thresholds", "ParityResult", "ParityAccumulator", "LogHistogram", "compare", "gates", "skipped",
+           "default_thresholds"]
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,109 @@ def skipped(reason: str, thresholds: Thresholds) -> ParityResult:
     return ParityResult(status="skipped", reason=reason, thresholds=thresholds)
 
 
+class LogHistogram:
+    """Counts of non-negative values in log-spaced bins (``per_decade`` bins a decade from 1e-12;
+    zero and anything below in the first): quantiles to within one bin, in bounded memory."""
+
+    def __init__(self, per_decade: int = 64, low: float = 1e-12, decades: int = 24) -> None:
+        self.per_decade, self.low = per_decade, low
+        self.counts = np.zeros(per_decade * decades + 1, np.int64)
+
+    def add(self, values: np.ndarray) -> None:
+        with np.errstate(divide="ignore"):
+            where = np.floor(np.log10(np.maximum(values, self.low) / self.low) * self.per_decade).astype(np.int64) + 1
+        where[values < self.low] = 0
+        self.counts += np.bincount(np.minimum(where, len(self.counts) - 1), minlength=len(self.counts))
+
+    def edge(self, index: int) -> float:
+        """The upper edge of bin ``index`` (0 for the first)."""
+        return 0.0 if index == 0 else self.low * 10 ** (index / self.per_decade)
+
+    def quantile(self, q: float) -> float:
+        """An upper bound of the ``q`` quantile, at most one bin (3.7% with 64 a decade) above it."""
+        index = int(np.searchsorted(np.cumsum(self.counts), q * self.counts.sum(), side="left"))
+        return self.edge(index)
+
+
+class ParityAccumulator:
+    """Parity figures accumulated chunk by chunk (counts, maxima, a histogram), so a verification
+    set of any size is judged in bounded memory; ``result()`` gives the same figures as
+    ``compare`` on the whole set (p99 to within one histogram bin)."""
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.thresholds = thresholds
+        self.samples = self.elements = self.agreeing = self.labeled = self.ref_ok = self.cand_ok = 0
+        self.lost = self.gained = 0
+        self.sum_abs_diff = self.max_abs_diff = self.worst_ratio = 0.0
+        self.per_sample = LogHistogram()
+
+    def add(self, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None) -> None:
+        """Add logits (samples x classes) of one chunk; ``labels`` (-1 = unknown) adds accuracies."""
+        reference = np.asarray(reference, dtype=np.float64)
+        candidate = np.asarray(candidate, dtype=np.float64)
+        if reference.shape != candidate.shape or reference.ndim != 2 or len(reference) == 0:
+            raise InputError(
+                f"cannot compare logits of shapes {reference.shape} and {candidate.shape}: "
+                "both must be (samples, classes) with at least one sample"
+            )
+        t = self.thresholds
+        diff = np.abs(reference - candidate)
+        ref_top, cand_top = reference.argmax(1), candidate.argmax(1)
+        self.samples += len(reference)
+        self.elements += diff.size
+        self.sum_abs_diff += float(diff.sum())
+        self.max_abs_diff = max(self.max_abs_diff, float(diff.max()))
+        self.per_sample.add(diff.max(1))
+        self.agreeing += int((ref_top == cand_top).sum())
+        if t.max_abs_diff is not None:
+            allowed = t.max_abs_diff + t.rtol * np.abs(reference)
+            ratio = np.where(allowed > 0, diff / np.maximum(allowed, 1e-300), np.where(diff > 0, np.inf, 0))
+            self.worst_ratio = max(self.worst_ratio, float(ratio.max()))
+        if labels is not None:
+            labels = np.asarray(labels)
+            known = labels >= 0
+            ref_ok, cand_ok = ref_top[known] == labels[known], cand_top[known] == labels[known]
+            self.labeled += int(known.sum())
+            self.ref_ok += int(ref_ok.sum())
+            self.cand_ok += int(cand_ok.sum())
+            self.lost += int((ref_ok & ~cand_ok).sum())
+            self.gained += int((~ref_ok & cand_ok).sum())
+
+    def result(self) -> ParityResult:
+        """The verdict and figures of everything added."""
+        if not self.samples:
+            raise InputError("no samples were compared: give at least one verification sample")
+        t = self.thresholds
+        stats: dict[str, Any] = dict(
+            samples=self.samples,
+            max_abs_diff=self.max_abs_diff,
+            mean_abs_diff=self.sum_abs_diff / self.elements,
+            p99_abs_diff=min(self.per_sample.quantile(0.99), self.max_abs_diff),
+            **_agreement_stats(self.agreeing, self.samples, t),
+            **self._accuracy_stats(),
+        )
+        failures = []
+        if t.max_abs_diff is not None:
+            stats["worst_tolerance_ratio"] = self.worst_ratio
+            if self.worst_ratio > 1:
+                failures.append(f"max abs logit diff {stats['max_abs_diff']:.3g} exceeds atol {t.max_abs_diff:.3g}"
+                                + (f" + rtol {t.rtol:.3g}·|logit|" if t.rtol else ""))
+        failures += _agreement_failures(stats, t)
+        notes: list[str] = []
+        (notes if _accuracy_not_shown(stats, t) else failures).extend(_accuracy_failures(stats, t))
+        status = "fail" if failures else "pass"
+        reason = "; ".join(failures) if failures else "within thresholds"
+        return ParityResult(status=status, reason=reason, thresholds=t, failures=failures, notes=notes, **stats)
+
+    def _accuracy_stats(self) -> dict[str, Any]:
+        if not self.labeled:
+            return {"accuracy_reference": None, "accuracy_bundle": None}
+        return {"accuracy_reference": self.ref_ok / self.labeled, "accuracy_bundle": self.cand_ok / self.labeled,
+                "labeled": self.labeled, "lost": self.lost, "gained": self.gained,
+                "accuracy_drop_upper": paired_drop_upper(self.lost, self.gained, self.labeled,
+                                                         self.thresholds.confidence or 0.95)}
+
+
 def compare(
     reference: np.ndarray,
     candidate: np.ndarray,
@@ -146,38 +250,9 @@ def compare(
     labels: np.ndarray | None = None,
 ) -> ParityResult:
     """Compare logits (samples x classes); ``labels`` (-1 = unknown) adds accuracies."""
-    reference = np.asarray(reference, dtype=np.float64)
-    candidate = np.asarray(candidate, dtype=np.float64)
-    if reference.shape != candidate.shape or reference.ndim != 2 or len(reference) == 0:
-        raise InputError(
-            f"cannot compare logits of shapes {reference.shape} and {candidate.shape}: "
-            "both must be (samples, classes) with at least one sample"
-        )
-    t = thresholds
-    diff = np.abs(reference - candidate)
-    ref_top, cand_top = reference.argmax(1), candidate.argmax(1)
-    stats: dict[str, Any] = dict(
-        samples=len(reference),
-        max_abs_diff=float(diff.max()),
-        mean_abs_diff=float(diff.mean()),
-        p99_abs_diff=float(np.quantile(diff.max(1), 0.99)),
-        **_agreement_stats(ref_top == cand_top, t),
-        **_accuracy_stats(ref_top, cand_top, labels, t),
-    )
-    failures = []
-    if t.max_abs_diff is not None:
-        allowed = t.max_abs_diff + t.rtol * np.abs(reference)
-        ratio = float(np.max(np.where(allowed > 0, diff / np.maximum(allowed, 1e-300), np.where(diff > 0, np.inf, 0))))
-        stats["worst_tolerance_ratio"] = ratio
-        if ratio > 1:
-            failures.append(f"max abs logit diff {stats['max_abs_diff']:.3g} exceeds atol {t.max_abs_diff:.3g}"
-                            + (f" + rtol {t.rtol:.3g}·|logit|" if t.rtol else ""))
-    failures += _agreement_failures(stats, t)
-    notes: list[str] = []
-    (notes if _accuracy_not_shown(stats, t) else failures).extend(_accuracy_failures(stats, t))
-    status = "fail" if failures else "pass"
-    reason = "; ".join(failures) if failures else "within thresholds"
-    return ParityResult(status=status, reason=reason, thresholds=t, failures=failures, notes=notes, **stats)
+    accumulator = ParityAccumulator(thresholds)
+    accumulator.add(reference, candidate, labels)
+    return accumulator.result()
 
 
 def _accuracy_not_shown(stats: dict[str, Any], t: Thresholds) -> bool:
@@ -190,24 +265,11 @@ def _accuracy_not_shown(stats: dict[str, Any], t: Thresholds) -> bool:
     return stats["labeled"] < labels_to_show(t.max_accuracy_drop, t.confidence) or drop <= 0
 
 
-def _agreement_stats(agree: np.ndarray, t: Thresholds) -> dict[str, Any]:
-    n, k = len(agree), int(agree.sum())
+def _agreement_stats(k: int, n: int, t: Thresholds) -> dict[str, Any]:
     lower, upper = wilson_interval(k, n, t.confidence or 0.95)
     needed = samples_to_show(t.min_agreement, t.confidence, 0) if t.confidence else None
     return {"agreement": k / n, "agreeing": k, "agreement_lower": lower, "agreement_upper": upper,
             "samples_needed": needed}
-
-
-def _accuracy_stats(ref_top: np.ndarray, cand_top: np.ndarray, labels: np.ndarray | None,
-                    t: Thresholds) -> dict[str, Any]:
-    if labels is None or not (np.asarray(labels) >= 0).any():
-        return {"accuracy_reference": None, "accuracy_bundle": None}
-    known = np.asarray(labels) >= 0
-    ref_ok, cand_ok = ref_top[known] == labels[known], cand_top[known] == labels[known]
-    lost, gained = int((ref_ok & ~cand_ok).sum()), int((~ref_ok & cand_ok).sum())
-    return {"accuracy_reference": float(ref_ok.mean()), "accuracy_bundle": float(cand_ok.mean()),
-            "labeled": int(known.sum()), "lost": lost, "gained": gained,
-            "accuracy_drop_upper": paired_drop_upper(lost, gained, int(known.sum()), t.confidence or 0.95)}
 
 
 def _agreement_failures(stats: dict[str, Any], t: Thresholds) -> list[str]:

@@ -12,6 +12,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib import metadata
@@ -22,28 +23,39 @@ import numpy as np
 
 from . import __version__
 from .baseline import read_report
-from .bundle import staged_output, write_arrays, write_manifest, write_npz
-from .calibration import MIN_SAMPLES, RANGE_METHODS, Budget, Calibration, Judge, LayerChoice, calibrate
+from .bundle import staged_output, write_array_files, write_manifest, write_npz
+from .calibration import (
+    MAX_JUDGE_SAMPLES,
+    MIN_SAMPLES,
+    RANGE_METHODS,
+    Budget,
+    Calibration,
+    Judge,
+    LayerChoice,
+    calibrate,
+)
 from .config import ConvertConfig
 from .converters import PASSES, run_passes
 from .data import Samples, read_samples
 from .errors import EdgeSDKError, InputError
-from .fidelity import pruning_fidelity
+from .fidelity import PruningFidelity
+from .figures import BundleFigures
 from .models import Classifier, TextClassifier
-from .parity import ParityResult, Thresholds, compare, default_thresholds, skipped
+from .parity import ParityAccumulator, ParityResult, Thresholds, default_thresholds, skipped
 from .progress import Steps
 from .report import write_report
 from .robustness import perturb
 from .runtime.bundle import Bundle
 from .runtime.encode import row_digest
 from .targets import TARGETS, Target
+from .verification import HEAD, ArrayFile, Verification, VerificationData, logits_to_file, model_logits, rate
 
-__all__ = ["convert", "ConversionResult", "BundleRecord", "Verification", "REFERENCE_FILE", "TIMING", "without_timing"]
+__all__ = ["convert", "ConversionResult", "BundleRecord", "REFERENCE_FILE", "TIMING", "without_timing"]
 
 log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
 
 REFERENCE_FILE = "reference.safetensors"
-ROBUSTNESS_SAMPLES = 200  # the first verification samples are perturbed (upper case, typo, noise...)
 GOLDEN_FILE = "golden.npz"
 TIMING = "timing"  # key of wall-clock figures: in report.json, never in a manifest
 
@@ -61,7 +73,7 @@ class BundleRecord:
     parity: ParityResult | None = None
     bytes: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)
-    logits: np.ndarray | None = None
+    figures: BundleFigures | None = field(default=None, repr=False)
     notes: dict[str, Any] = field(default_factory=dict)
     robustness: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -125,22 +137,6 @@ class ConversionResult:
             g["status"] == "pass" for g in self.gates)
 
 
-@dataclass
-class Verification:
-    """Encoded verification samples and PyTorch's logits for them, and the same for each
-    small perturbation of them (``edgesdk.robustness``)."""
-
-    samples: Samples
-    rows: list
-    reference: np.ndarray
-    perturbed: dict[str, tuple[list, np.ndarray]] = field(default_factory=dict)
-
-    @cached_property
-    def digests(self) -> np.ndarray:
-        """One 32-byte digest per row (computed once, shared by every bundle)."""
-        return np.frombuffer(b"".join(row_digest(r) for r in self.rows), dtype=np.uint8).reshape(-1, 32)
-
-
 @dataclass(frozen=True)
 class CalibrationPlan:
     """Calibration samples and how to turn them into int8 (range method, budget, layer choice)."""
@@ -156,7 +152,7 @@ class Artifacts:
     are each made once, and every target's bundle is built from them."""
 
     def __init__(self, classifier: Classifier, workdir: Path, steps: Steps,
-                 calibration: CalibrationPlan | None = None, judge: Judge | None = None) -> None:
+                 calibration: CalibrationPlan | None = None, verification: Verification | None = None) -> None:
         from .converters.export import ONNX_OPSET
 
         self.classifier = classifier
@@ -164,7 +160,7 @@ class Artifacts:
         self.steps = steps
         self.onnx_opset = ONNX_OPSET
         self.plan = calibration
-        self.judge = judge
+        self.verification = verification
         self._onnx: Path | None = None
         self._calibration: Calibration | None = None
 
@@ -175,6 +171,16 @@ class Artifacts:
             with self.steps.step("export to ONNX (torch.export)"):
                 self._onnx = export_onnx(self.classifier, self.workdir / "model.fp32.onnx")
         return self._onnx
+
+    @cached_property
+    def judge(self) -> Judge | None:
+        """The verification samples int8 float layers are chosen on: at most MAX_JUDGE_SAMPLES,
+        evenly spaced."""
+        if self.verification is None:
+            return None
+        items, labels = self.verification.subset(MAX_JUDGE_SAMPLES)
+        return Judge(self.classifier.encoder().encode(items), labels,
+                     f"the verification data ({self.verification.data.source})")
 
     def calibration(self) -> Calibration:
         """edgesdk's int8 calibration of the float ONNX model (QDQ model, ranges, float layers)."""
@@ -232,7 +238,8 @@ def _padded(row: dict[str, Any], spec: Any) -> dict[str, Any]:
 
 
 def _build_one(target: Target, precision: str, config: ConvertConfig, classifier: Classifier, artifacts: Artifacts,
-               folder: Path, verification: Verification | None, passes: list[dict[str, Any]]) -> BundleRecord:
+               folder: Path, verification: Verification | None, passes: list[dict[str, Any]],
+               update: Progress) -> BundleRecord:
     """Write one bundle's files and manifest, then run it in its runtime against PyTorch."""
     thresholds = config.thresholds(precision)
     folder.mkdir()
@@ -240,11 +247,8 @@ def _build_one(target: Target, precision: str, config: ConvertConfig, classifier
     if isinstance(classifier, TextClassifier):
         shutil.copyfile(classifier.tokenizer_file, folder / classifier.spec.preprocessing.tokenizer)
     if verification is not None:
-        write_arrays(folder / REFERENCE_FILE, {
-            "digests": verification.digests,
-            "logits": verification.reference,
-            "labels": verification.samples.labels,
-        })
+        write_array_files(folder / REFERENCE_FILE, {
+            "digests": verification.digests, "logits": verification.reference, "labels": verification.labels})
     manifest = _manifest(target, precision, config, classifier, notes, passes, verification)
     write_manifest(folder, {**manifest, "parity": skipped("pending", thresholds).to_dict()})
     record = BundleRecord(folder.name, target.name, precision, "skipped", "", path=folder, notes=notes)
@@ -252,11 +256,11 @@ def _build_one(target: Target, precision: str, config: ConvertConfig, classifier
     if verification is None:
         record.parity = skipped("no verification data was given (pass verify_on / --verify-on)", thresholds)
     elif reason and target.proxy_runtime:
-        record.parity = _proxy_parity(Bundle.open(folder), target, record, verification, thresholds, reason)
+        record.parity = _proxy_parity(Bundle.open(folder), target, record, verification, thresholds, reason, update)
     elif reason:
         record.parity = skipped(reason, thresholds)
     else:
-        manifest["golden"] = _verify(Bundle.open(folder), record, verification, thresholds)
+        manifest["golden"] = _verify(Bundle.open(folder), record, verification, thresholds, update)
     record.status, record.reason = record.parity.status, record.parity.reason
     write_manifest(folder, {**manifest, "parity": record.parity.to_dict()})
     record.bytes = sum(p.stat().st_size for p in folder.iterdir())
@@ -278,7 +282,7 @@ def _manifest(target: Target, precision: str, config: ConvertConfig, classifier:
         "config": config.to_dict(),
         "build": without_timing(notes),
         "passes": without_timing(passes),
-        "reference": {"file": REFERENCE_FILE, "samples": len(verification.rows)} if verification else None,
+        "reference": {"file": REFERENCE_FILE, "samples": verification.count} if verification else None,
         "versions": _versions(type(target)),
     }
 
@@ -292,49 +296,62 @@ def without_timing(value: Any) -> Any:
     return value
 
 
-def _verify(bundle: Bundle, record: BundleRecord, verification: Verification, thresholds: Thresholds
-            ) -> dict[str, Any]:
-    """Run the bundle on the verification data and fill ``record`` (parity, robustness, latency);
-    returns the manifest's golden entry."""
-    logits = bundle.run_rows(verification.rows)["logits"]
-    record.parity = compare(verification.reference, logits, thresholds, verification.samples.labels)
-    golden = _write_golden(bundle.path, verification, logits, thresholds)
-    record.robustness = _robustness(bundle, verification, logits)
+def _stream(bundle: Bundle, verification: Verification, thresholds: Thresholds, update: Progress,
+            runtime: str | None = None) -> tuple[ParityResult, BundleFigures, np.ndarray]:
+    """Run the bundle (in ``runtime``'s runner when given) over every verification chunk: parity
+    and report figures accumulated, and the logits of the first ``HEAD`` samples."""
+    parity, figures, head = ParityAccumulator(thresholds), BundleFigures(list(bundle.spec.labels)), []
+    started = time.perf_counter()
+    with bundle.runner(runtime) as runner:
+        for start, samples, reference in verification.chunks():
+            logits = bundle.run_rows(bundle.encoder.encode(samples.items), runner=runner)["logits"]
+            parity.add(reference, logits, samples.labels)
+            figures.add(start, samples.items, samples.labels, reference, logits)
+            if start < HEAD:
+                head.append(logits[:HEAD - start])
+            update(rate(start + len(samples), verification.count, started))
+    return parity.result(), figures, np.concatenate(head)
+
+
+def _verify(bundle: Bundle, record: BundleRecord, verification: Verification, thresholds: Thresholds,
+            update: Progress) -> dict[str, Any]:
+    """Run the bundle on the verification data and fill ``record`` (parity, figures, robustness,
+    latency); returns the manifest's golden entry."""
+    record.parity, record.figures, head = _stream(bundle, verification, thresholds, update)
+    golden = _write_golden(bundle.path, verification, head, thresholds)
+    record.robustness = _robustness(bundle, verification, head)
     calibration = record.notes.get("calibration", {})
     if calibration.get("met_budget") is False:
         record.parity = replace(record.parity, status="fail", reason=(
             f"edgesdk's calibration could not meet the int8 budget on {calibration['judged_on']} "
             f"({calibration['judge_samples']} samples) with any float layers it tried; this is the best "
             f"configuration found ({record.parity.reason})"))
-    record.logits = logits
-    record.latency_ms = _latency(bundle, verification.rows)
+    record.latency_ms = _latency(bundle, verification.head_rows)
     return golden
 
 
 def _proxy_parity(bundle: Bundle, target: Target, record: BundleRecord, verification: Verification,
-                  thresholds: Thresholds, reason: str) -> ParityResult:
+                  thresholds: Thresholds, reason: str, update: Progress) -> ParityResult:
     """Parity of the bundle's model file in a proxy runtime: "skipped" (the real runtime did not
     run) with every figure of the proxy, or "fail" when even the proxy misses the thresholds."""
-    logits = bundle.run_rows(verification.rows, runtime=target.proxy_runtime)["logits"]
-    result = compare(verification.reference, logits, thresholds, verification.samples.labels)
-    record.logits = logits
+    result, record.figures, _ = _stream(bundle, verification, thresholds, update, runtime=target.proxy_runtime)
     return replace(result, status="fail" if result.status == "fail" else "skipped",
                    reason=f"{reason}; proxy: {result.reason}", notes=[*result.notes, f"figures: {target.proxy}"])
 
 
-def _robustness(bundle: Bundle, verification: Verification, logits: np.ndarray) -> dict[str, dict[str, float]]:
+def _robustness(bundle: Bundle, verification: Verification, head: np.ndarray) -> dict[str, dict[str, float]]:
     """Per perturbation: agreement with PyTorch, and how often each changed its answer."""
     out = {}
     for name, (rows, reference) in verification.perturbed.items():
         moved = bundle.run_rows(rows)["logits"].argmax(1)
-        before = verification.reference[:len(rows)].argmax(1)
+        before = verification.reference.read(0, len(rows)).argmax(1)
         out[name] = {"samples": len(rows), "agreement": float((moved == reference.argmax(1)).mean()),
                      "pytorch_changed": float((reference.argmax(1) != before).mean()),
-                     "bundle_changed": float((moved != logits[:len(rows)].argmax(1)).mean())}
+                     "bundle_changed": float((moved != head[:len(rows)].argmax(1)).mean())}
     return out
 
 
-def _write_golden(folder: Path, verification: Verification, logits: np.ndarray, thresholds: Thresholds,
+def _write_golden(folder: Path, verification: Verification, head: np.ndarray, thresholds: Thresholds,
                   count: int = 4) -> dict[str, Any]:
     """Store a few verification samples (texts or pixels) with their encoded inputs and PyTorch's
     logits for the loader's self-test, which encodes them again with the bundle's own tokenizer.
@@ -342,13 +359,13 @@ def _write_golden(folder: Path, verification: Verification, logits: np.ndarray, 
     The tolerance is the fp32 threshold, or twice the bundle's own distance from PyTorch on
     these samples (int8), whichever is larger.
     """
-    k = min(count, len(verification.rows))
-    arrays = {f"{i}/{name}": value for i in range(k) for name, value in verification.rows[i].items()}
-    if verification.samples.items and isinstance(verification.samples.items[0], str):
-        arrays["texts"] = np.array(verification.samples.items[:k], dtype=str)
-    reference = verification.reference[:k]
-    observed = float(np.abs(logits[:k] - reference).max())
-    write_npz(folder / GOLDEN_FILE, {"pytorch_logits": reference, "bundle_top1": logits[:k].argmax(1), **arrays})
+    k = min(count, verification.count)
+    arrays = {f"{i}/{name}": value for i in range(k) for name, value in verification.head_rows[i].items()}
+    if isinstance(verification.head.items[0], str):
+        arrays["texts"] = np.array(verification.head.items[:k], dtype=str)
+    reference = verification.reference.read(0, k)
+    observed = float(np.abs(head[:k] - reference).max())
+    write_npz(folder / GOLDEN_FILE, {"pytorch_logits": reference, "bundle_top1": head[:k].argmax(1), **arrays})
     return {"file": GOLDEN_FILE, "samples": k,
             "tolerance": max(thresholds.max_abs_diff or 0.0, 2 * observed, 1e-5)}
 
@@ -376,7 +393,7 @@ class _Job:
     pass_names: list[str]
     pass_options: dict[str, dict[str, Any]]
     applying: list[str]
-    samples: Samples | None
+    data: VerificationData | None
     calibration: CalibrationPlan | None
     inputs: list[Path]
 
@@ -398,12 +415,12 @@ def _prepare(model: Classifier, config: ConvertConfig) -> _Job:
     # unknown names and bad options fail here, before any work
     checked = {name: PASSES.get(name)(**options.get(name, {})) for name in [*pass_names, *options]}
     applying = [name for name in pass_names if checked[name].applies_to(model)]
-    samples = read_samples(config.verify_on, model.spec) if config.verify_on is not None else None
+    data = VerificationData(config.verify_on, model.spec, config.verify_samples) if config.verify_on else None
     plan = _calibration_plan(model, config)
     corpus = [f for s in checked["prune_vocabulary"].corpus for f in s.files()] if config.corpus else []
     inputs = [*model.input_paths(), *corpus, *(Path(p) for p in (config.verify_on, config.calibration,
                                                                  config.heldout, config.forced_tokens) if p)]
-    return _Job(config, bundles, pass_names, options, applying, samples, plan, inputs)
+    return _Job(config, bundles, pass_names, options, applying, data, plan, inputs)
 
 
 def convert(model: Classifier, out: str | Path, config: ConvertConfig | None = None, *, overwrite: bool = False,
@@ -431,9 +448,7 @@ def convert(model: Classifier, out: str | Path, config: ConvertConfig | None = N
     with (staged_output(out, overwrite, job.inputs) as staging,
           tempfile.TemporaryDirectory(prefix="edgesdk-work-") as work):
         classifier, pass_records, gates, verification = _model_stage(model, job, steps, Path(work))
-        judge = None if verification is None else Judge(verification.rows, verification.samples.labels,
-                                                         f"the verification data ({verification.samples.source})")
-        artifacts = Artifacts(classifier, Path(work), steps, job.calibration, judge)
+        artifacts = Artifacts(classifier, Path(work), steps, job.calibration, verification)
         records = [_bundle(target, precision, job, classifier, artifacts, staging, verification, pass_records, steps)
                    for target, precision in job.bundles]
         with steps.step("report"):
@@ -447,37 +462,67 @@ def convert(model: Classifier, out: str | Path, config: ConvertConfig | None = N
 
 def _model_stage(model: Classifier, job: _Job, steps: Steps, work: Path
                  ) -> tuple[Classifier, list[dict[str, Any]], list[dict[str, Any]], Verification | None]:
-    """PyTorch's reference, the passes, the pruning gate, and the encoded verification data."""
-    samples, reference, perturbed, measure = job.samples, None, {}, None
-    if samples is not None:
-        with steps.step(f"PyTorch reference on {len(samples)} samples and {model.spec.kind} perturbations"):
-            reference = model.logits(samples.items)
-            perturbed = {name: (items, model.logits(items)) for name, items in
-                         perturb(model.spec.kind, samples.items[:ROBUSTNESS_SAMPLES]).items()}
+    """PyTorch's reference, the passes, the pruning gate, and the verification set, streamed."""
+    data, measure = job.data, None
+    if data is not None:
+        with steps.step(f"PyTorch reference on {data.rule()} and {model.spec.kind} perturbations") as update:
+            reference = logits_to_file(model, data, work / "reference.f32", update)
+            head = data.head()
+            perturbed = {name: (items, model.logits(items))
+                         for name, items in perturb(model.spec.kind, head.items).items()}
 
         def measure(c: Classifier) -> dict[str, float]:
-            logits = c.logits(samples.items)
-            diff = np.abs(logits - reference)
-            return {"max_abs_diff": float(diff.max()), "max_abs_logit": float(np.abs(reference).max()),
-                    "agreement": float((logits.argmax(1) == reference.argmax(1)).mean())}
+            return _measure(c, data, reference)
 
     with steps.step(f"passes on {model.spec.name}: {', '.join(job.applying) or 'none apply'}") as update:
         classifier, pass_records = run_passes(model, job.pass_names, measure, job.pass_options, work, update)
     gates = []
-    if samples is not None and any(r["changed"] and not r["exact"] for r in pass_records):
-        with steps.step("pruning fidelity: the pruned PyTorch model against the original"):
-            pruned = classifier.logits(samples.items)
+    if data is not None and any(r["changed"] and not r["exact"] for r in pass_records):
+        with steps.step("pruning fidelity: the pruned PyTorch model against the original") as update:
             heldout = next((r["heldout"] for r in pass_records if "heldout" in r), None)
-            gates.append(pruning_fidelity(model, classifier, samples.items, samples.labels, reference, pruned,
-                                          job.config.min_pruning_agreement, heldout))
+            pruned = logits_to_file(classifier, data, work / "pruned.f32", update)
+            gates.append(_pruning_gate(model, classifier, data, reference, pruned, job.config, heldout))
             reference = pruned  # runtime parity: each bundle against the model it was built from
             perturbed = {name: (items, classifier.logits(items)) for name, (items, _) in perturbed.items()}
         steps.note(f"  pruning fidelity: {gates[0]['status']} ({gates[0]['reason']})")
-    if samples is None:
+    if data is None:
         return classifier, pass_records, gates, None
+    return classifier, pass_records, gates, _verification(classifier, data, reference, head, perturbed, work)
+
+
+def _measure(classifier: Classifier, data: VerificationData, reference: ArrayFile) -> dict[str, float]:
+    """How far a pass moved the model: max |Δlogit|, the largest logit, top-1 agreement."""
+    parity, biggest = ParityAccumulator(Thresholds(max_abs_diff=None)), 0.0
+    for start, samples, logits in model_logits(classifier, data):
+        before = reference.read(start, start + len(samples))
+        parity.add(before, logits)
+        biggest = max(biggest, float(np.abs(before).max()))
+    result = parity.result()
+    return {"max_abs_diff": result.max_abs_diff, "max_abs_logit": biggest, "agreement": result.agreement}
+
+
+def _pruning_gate(model: Classifier, pruned: Classifier, data: VerificationData, original: ArrayFile,
+                  pruned_logits: ArrayFile, config: ConvertConfig, heldout: dict[str, Any] | None) -> dict[str, Any]:
+    """The pruning fidelity gate: the pruned model against the original on every verification text."""
+    gate = PruningFidelity(model, pruned, config.min_pruning_agreement)
+    for start, samples in data.chunks():
+        stop = start + len(samples)
+        gate.add(samples.items, samples.labels, original.read(start, stop), pruned_logits.read(start, stop))
+    return gate.result(heldout)
+
+
+def _verification(classifier: Classifier, data: VerificationData, reference: ArrayFile, head: Samples,
+                  perturbed: dict[str, tuple[list, np.ndarray]], work: Path) -> Verification:
+    """Labels and input digests of every verification sample in files, and the head encoded."""
     encoder = classifier.encoder()
+    labels = ArrayFile(work / "labels.i64", np.int64)
+    digests = ArrayFile(work / "digests.u8", np.uint8, (32,))
+    for _, samples in data.chunks():
+        labels.append(samples.labels)
+        digests.append(np.frombuffer(b"".join(row_digest(r) for r in encoder.encode(samples.items)),
+                                     np.uint8).reshape(-1, 32))
     encoded = {name: (encoder.encode(items), logits) for name, (items, logits) in perturbed.items()}
-    return classifier, pass_records, gates, Verification(samples, encoder.encode(samples.items), reference, encoded)
+    return Verification(data, reference, labels, digests, head, encoder.encode(head.items), encoded)
 
 
 def _bundle(target: Target, precision: str, job: _Job, classifier: Classifier, artifacts: Artifacts, staging: Path,
@@ -485,9 +530,9 @@ def _bundle(target: Target, precision: str, job: _Job, classifier: Classifier, a
     """Build and verify one bundle; one target's failure is recorded and the others still build."""
     folder = staging / f"{target.name}-{precision}"
     try:
-        with steps.step(f"bundle {folder.name}: build and verify in {target.runtime}", mark=False):
+        with steps.step(f"bundle {folder.name}: build and verify in {target.runtime}", mark=False) as update:
             record = _build_one(target, precision, job.config, classifier, artifacts, folder, verification,
-                                pass_records)
+                                pass_records, update)
     except Exception as e:
         log.debug("bundle %s failed", folder.name, exc_info=True)
         shutil.rmtree(folder, ignore_errors=True)

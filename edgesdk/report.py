@@ -13,6 +13,7 @@ import numpy as np
 
 from . import __version__
 from .baseline import compare_reports, format_comparison
+from .figures import BundleFigures
 from .parity import ParityResult, gates
 from .spec import ModelSpec
 
@@ -59,64 +60,26 @@ def _figure(width: float = 5, height: float = 3):
     return plt.subplots(figsize=(width, height))
 
 
-def _diff_histogram(name: str, reference: np.ndarray, logits: np.ndarray) -> str:
-    diff = np.abs(reference.astype(np.float64) - logits).max(1)
+def _diff_histogram(name: str, figures: BundleFigures) -> str:
+    counts, used = figures.diffs.counts, np.flatnonzero(figures.diffs.counts)
+    edges = np.log10([max(figures.diffs.edge(i), figures.diffs.low) for i in range(used[0] - 1, used[-1] + 1)])
     fig, ax = _figure()
-    floor = 1e-9
-    ax.hist(np.log10(np.maximum(diff, floor)), bins=40, color="#3b6ea8")
+    ax.stairs(counts[used[0]:used[-1] + 1], edges, fill=True, color="#3b6ea8")
     ax.set_xlabel("log10 max |logit diff| per sample")
     ax.set_ylabel("samples")
     ax.set_title(f"{name}: PyTorch vs runtime")
     return _png(fig)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(1, keepdims=True))
-    return z / z.sum(1, keepdims=True)
-
-
-def _calibration_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 10):
-    """Per confidence bin: mean confidence, accuracy, count; and the expected calibration error."""
-    confidence, correct = probs.max(1), (probs.argmax(1) == labels)
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    rows = [(confidence[which == b].mean(), correct[which == b].mean(), int((which == b).sum()))
-            for b in range(bins) if (which == b).any()]
-    ece = sum(n * abs(acc - conf) for conf, acc, n in rows) / len(labels)
-    return rows, float(ece)
-
-
-def bundle_details(samples: Any, reference: np.ndarray, logits: np.ndarray, classes: list[str],
-                   limit: int = 8) -> dict[str, Any]:
-    """Figures a person checks per bundle: calibration (ECE), per-class agreement, disagreements."""
-    labels = samples.labels
-    known = labels >= 0
-    details: dict[str, Any] = {"per_class_agreement": {
-        c: float((logits.argmax(1)[reference.argmax(1) == i] == i).mean())
-        for i, c in enumerate(classes) if (reference.argmax(1) == i).any()}}
-    if known.any():
-        details["ece_reference"] = _calibration_bins(_softmax(reference[known]), labels[known])[1]
-        details["ece_bundle"] = _calibration_bins(_softmax(logits[known]), labels[known])[1]
-    flips = np.flatnonzero(reference.argmax(1) != logits.argmax(1))
-    worst = flips[np.argsort(-np.abs(reference[flips] - logits[flips]).max(1), kind="stable")][:limit]
-    ref_p, bun_p = _softmax(reference), _softmax(logits)
-    details["disagreements"] = [{
-        "index": int(i),
-        "pytorch": [classes[int(ref_p[i].argmax())], float(ref_p[i].max())],
-        "bundle": [classes[int(bun_p[i].argmax())], float(bun_p[i].max())],
-        "max_abs_diff": float(np.abs(reference[i] - logits[i]).max()),
-    } for i in worst]
-    return details
-
-
-def _reliability(name: str, samples: Any, reference: np.ndarray, logits: np.ndarray) -> str | None:
-    known = samples.labels >= 0
-    if not known.any():
+def _reliability(name: str, figures: BundleFigures) -> str | None:
+    if not figures.labeled:
         return None
     fig, ax = _figure(4.2, 3.2)
     ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--")
-    for what, values, color in (("PyTorch", reference, "#3b6ea8"), ("bundle", logits, "#d0703c")):
-        rows, ece = _calibration_bins(_softmax(values[known]), samples.labels[known])
-        ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", color=color, label=f"{what} (ECE {ece:.3f})")
+    for (what, calibration), color in zip(figures.calibration.items(), ("#3b6ea8", "#d0703c")):
+        rows = calibration.rows()
+        ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", color=color,
+                label=f"{what} (ECE {calibration.ece():.3f})")
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_title(f"{name}: reliability")
@@ -161,13 +124,12 @@ def _thumbnail(image: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _disagreements(details: dict[str, Any], samples: Any) -> list[dict[str, Any]]:
+def _disagreements(figures: BundleFigures) -> list[dict[str, Any]]:
     """The worst disagreements with the sample shown: a text's first 160 characters or a thumbnail."""
     out = []
-    for d in details["disagreements"]:
-        item = samples.items[d["index"]]
-        shown = {"text": item[:160]} if isinstance(item, str) else {"thumbnail": _thumbnail(item)}
-        out.append({**d, **shown})
+    for d in figures.disagreements():
+        item = d.pop("item")
+        out.append({**d, **({"text": item} if isinstance(item, str) else {"thumbnail": _thumbnail(item)})})
     return out
 
 
@@ -235,16 +197,13 @@ def write_report(folder: Path, spec: ModelSpec, records: list, passes: list[dict
         "bundles": [r.to_dict() for r in records],
     }
     if verification is not None:
-        labels = verification.samples.labels
-        known = labels >= 0
-        acc = float((verification.reference.argmax(1)[known] == labels[known]).mean()) if known.any() else None
-        model["verification"] = {"source": verification.samples.source, "samples": len(verification.rows),
-                                 "accuracy_reference": acc}
-    with_logits = {r.name: r for r in records if r.logits is not None}
+        model["verification"] = {"source": verification.data.source, "samples": verification.count,
+                                 "chosen": verification.data.rule(),
+                                 "accuracy_reference": verification.accuracy_reference()}
+    with_figures = {r.name: r.figures for r in records if r.figures is not None}
     for bundle in model["bundles"]:
-        if bundle["name"] in with_logits:
-            bundle["details"] = bundle_details(verification.samples, verification.reference,
-                                               with_logits[bundle["name"]].logits, list(spec.labels))
+        if bundle["name"] in with_figures:
+            bundle["details"] = with_figures[bundle["name"]].details()
     report = {"edgesdk": __version__, "models": [model]}
     comparison = None
     if baseline is not None:
@@ -252,16 +211,16 @@ def write_report(folder: Path, spec: ModelSpec, records: list, passes: list[dict
         report["baseline"] = comparison
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for bundle in model["bundles"]:
-        record = with_logits.get(bundle["name"])
-        if record is None:
+        figures = with_figures.get(bundle["name"])
+        if figures is None:
             continue
-        title = f"{spec.name} {record.name}"
-        bundle["plots"] = {"logit differences": _diff_histogram(title, verification.reference, record.logits),
+        title = f"{spec.name} {bundle['name']}"
+        bundle["plots"] = {"logit differences": _diff_histogram(title, figures),
                            "per class": _per_class(title, bundle["details"])}
-        reliability = _reliability(title, verification.samples, verification.reference, record.logits)
+        reliability = _reliability(title, figures)
         if reliability:
             bundle["plots"]["reliability"] = reliability
-        bundle["disagreements"] = _disagreements(bundle["details"], verification.samples)
+        bundle["disagreements"] = _disagreements(figures)
     model["plots"] = {f"{p['name']} corpus curve": _corpus_curve(spec.name, p["heldout"])
                       for p in passes if "heldout" in p}
     (folder / "report.html").write_text(render_html([model], comparison), encoding="utf-8")

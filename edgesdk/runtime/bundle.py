@@ -203,16 +203,19 @@ class Bundle:
 
         return RUNNERS.get(runtime or self.target)(self.model_path, self.spec)
 
-    def run_rows(self, rows: list, batch_size: int = 32, runtime: str | None = None) -> dict[str, np.ndarray]:
-        """Run encoded rows (in ``runtime``'s runner when given); returns each output stacked
-        over the rows, in order."""
+    def run_rows(self, rows: list, batch_size: int = 32, runtime: str | None = None,
+                 runner: Runner | None = None) -> dict[str, np.ndarray]:
+        """Run encoded rows (in ``runner``, an open runner of this bundle, or in a new runner of
+        ``runtime``); returns each output stacked over the rows, in order."""
+        if runner is None:
+            with self.runner(runtime) as opened:
+                return self.run_rows(rows, batch_size, runner=opened)
         out: dict[str, list] = {}
         order: list[int] = []
-        with self.runner(runtime) as runner:
-            for idx, feeds in self.encoder.batches(rows, batch_size):
-                for name, value in runner.infer(feeds).items():
-                    out.setdefault(name, []).append(value)
-                order.extend(idx)
+        for idx, feeds in self.encoder.batches(rows, batch_size):
+            for name, value in runner.infer(feeds).items():
+                out.setdefault(name, []).append(value)
+            order.extend(idx)
         inverse = np.argsort(np.asarray(order))
         result = {name: np.concatenate(parts)[inverse] for name, parts in out.items()}
         logits = result.get("logits")

@@ -76,8 +76,10 @@ class TextEncoder(Encoder):
         return rows
 
     def batches(self, rows: Sequence[Row], batch_size: int) -> Iterator[tuple[list[int], Row]]:
+        """Rows of similar length batched together (shortest first), so little is padding."""
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
         for start in range(0, len(rows), batch_size):
-            idx = list(range(start, min(start + batch_size, len(rows))))
+            idx = order[start:start + batch_size]
             length = max(len(rows[i]["input_ids"]) for i in idx)
             feeds = {}
             for name in self.input_names:
