@@ -77,7 +77,8 @@ def _config(args: argparse.Namespace):
     base = ConvertConfig.load(args.config) if args.config else ConvertConfig()
     given = {"model": args.model, "weights": args.weights, "labels": _csv(args.labels),
              "max_length": args.max_length, "targets": _csv(args.targets), "precisions": _csv(args.precisions),
-             "verify_on": args.verify_on, "verify_samples": args.verify_samples, "passes": _csv(args.passes), "max_abs_diff": args.max_abs_diff,
+             "verify_on": args.verify_on, "verify_samples": args.verify_samples,
+             "passes": _csv(args.passes), "max_abs_diff": args.max_abs_diff,
              "min_agreement": args.min_agreement, "calibration": args.calibration,
              "range_method": args.range_method, "calibration_samples": args.calibration_samples,
              "float_layers": _csv(args.float_layers), "int8_layers": _csv(args.int8_layers),

@@ -1,0 +1,22 @@
+"""What every bench shares: the CPU flags its figures depend on, and where its results go."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """The vector-instruction flags of this CPU that int8 and tokenizer speed depend on."""
+    return sorted({f for f in Path("/proc/cpuinfo").read_text().split() if f in _FLAGS})
+
+
+def write_results(name: str, results: dict) -> Path:
+    """Write ``bench/results/NAME.json`` (sorted keys, one trailing newline); returns its path."""
+    out = ROOT / "bench" / "results" / f"{name}.json"
+    out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out

@@ -1,0 +1,84 @@
+"""Streamed verification: the sampling rule, per-sample files, chunked parity, chunked readers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import tiny_cnn
+
+import edgesdk
+from edgesdk import ImageClassifier, ImagePreprocessing
+from edgesdk.data import iter_samples, read_samples
+from edgesdk.parity import ParityAccumulator, Thresholds, compare
+from edgesdk.verification import ArrayFile, Selection
+
+
+@pytest.mark.parametrize("total, count", [(10, 3), (1000, 999), (7, 7), (12345, 100), (5, 1)])
+def test_selection_takes_evenly_spaced_positions_in_any_chunking(total, count):
+    expected = [i * total // count for i in range(count)]
+    whole = np.flatnonzero(Selection(total, count).mask(0, total)).tolist()
+    assert whole == expected
+    selection = Selection(total, count)
+    chunked = [s + int(j) for s in range(0, total, 37) for j in np.flatnonzero(selection.mask(s, min(37, total - s)))]
+    assert chunked == expected
+
+
+def test_array_file_reads_back_what_was_appended_in_chunks(tmp_path):
+    data = np.random.default_rng(0).normal(size=(2500, 3)).astype(np.float32)
+    f = ArrayFile(tmp_path / "a.f32", np.float32, (3,))
+    for start in range(0, len(data), 999):
+        f.append(data[start:start + 999])
+    assert len(f) == 2500
+    np.testing.assert_array_equal(f.read(1000, 1500), data[1000:1500])
+    np.testing.assert_array_equal(np.concatenate([rows for _, rows in f.chunks(700)]), data)
+
+
+def test_parity_accumulated_over_chunks_equals_parity_of_the_whole():
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(5000, 4))
+    cand = ref + rng.normal(scale=1e-3, size=ref.shape) * (rng.random((5000, 1)) < 0.3)
+    labels = rng.integers(-1, 4, 5000)
+    t = Thresholds(max_abs_diff=2e-3, min_agreement=0.99, max_accuracy_drop=0.01, rtol=1e-4, confidence=0.95)
+    whole = compare(ref, cand, t, labels)
+    acc = ParityAccumulator(t)
+    for start in range(0, 5000, 613):
+        acc.add(ref[start:start + 613], cand[start:start + 613], labels[start:start + 613])
+    chunked = acc.result()
+    exact = np.quantile(np.abs(ref - cand).max(1), 0.99)
+    assert exact <= chunked.p99_abs_diff <= exact * 10 ** (1 / 64)  # within one histogram bin above
+    for name in ("samples", "agreeing", "lost", "gained", "labeled", "status", "reason", "agreement_lower",
+                 "accuracy_drop_upper", "worst_tolerance_ratio", "max_abs_diff"):
+        assert getattr(chunked, name) == getattr(whole, name), name
+    assert chunked.mean_abs_diff == pytest.approx(whole.mean_abs_diff, rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(250, 9, 7), (250, 9, 7, 1)])
+def test_npz_images_stream_in_blocks_as_numpy_reads_them(tmp_path, shape):
+    rng = np.random.default_rng(2)
+    images, labels = rng.integers(0, 256, shape, dtype=np.uint8), rng.integers(-1, 3, shape[0])
+    np.savez_compressed(tmp_path / "d.npz", images=images, labels=labels)
+    gray = ImagePreprocessing(size=(8, 8), mean=(0.5,), std=(0.5,), channels=1)
+    spec = ImageClassifier.create(tiny_cnn(channels=1, classes=3), labels=["a", "b", "c"], preprocessing=gray).spec
+    chunks = list(iter_samples(tmp_path / "d.npz", spec, size=64))
+    assert [len(c) for c in chunks] == [64, 64, 64, 58]
+    whole = read_samples(tmp_path / "d.npz", spec)
+    np.testing.assert_array_equal(np.stack(whole.items), images.reshape(250, 9, 7, 1))
+    np.testing.assert_array_equal(whole.labels, labels)
+
+
+def test_verify_samples_verifies_an_evenly_spaced_subset(tmp_path):
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "v.npz", images=rng.integers(0, 256, (300, 16, 16, 3), dtype=np.uint8),
+             labels=rng.integers(0, 4, 300))
+    model = ImageClassifier.create(tiny_cnn(), labels=["a", "b", "c", "d"],
+                                   preprocessing=ImagePreprocessing(size=(16, 16), mean=(0.5,) * 3, std=(0.25,) * 3))
+    result = edgesdk.convert(model, tmp_path / "dist", verify_on=tmp_path / "v.npz", verify_samples=120, quiet=True)
+    assert result.ok, [b.reason for b in result.bundles]
+    manifest = json.loads((tmp_path / "dist" / "onnx-fp32" / "manifest.json").read_text())
+    assert manifest["parity"]["samples"] == manifest["reference"]["samples"] == 120
+    assert manifest["config"]["verify_samples"] == 120
+    verification = result.report["verification"]
+    assert verification["samples"] == 120 and "120 of 300 samples, evenly spaced" in verification["chosen"]
+    assert "120 of 300 samples, evenly spaced" in (tmp_path / "dist" / "report.html").read_text()
