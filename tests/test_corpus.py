@@ -95,3 +95,13 @@ def test_bad_sources_are_named_with_the_fix(tokenizer, corpus, spec, message):
 def test_unknown_engine_is_refused(tokenizer, corpus):
     with pytest.raises(InputError, match="unknown corpus engine 'ray'; known: local, spark"):
         count_corpus(tokenizer, parse_sources([corpus / "all.txt"]), engine="ray")
+
+
+def test_urls_are_for_spark_only_and_parquet_urls_name_their_column():
+    with pytest.raises(InputError, match="only the spark engine reads them"):
+        parse_sources(["s3a://lake/tickets.parquet:body"])
+    with pytest.raises(InputError, match="name the text column"):
+        parse_sources(["hdfs://lake/tickets.parquet"], urls=True)
+    (source,) = parse_sources(["s3a://lake/tickets.parquet:body"], urls=True)
+    assert (source.kind, source.column, source.url, source.files()) == ("parquet", "body", "s3a://lake/tickets.parquet",
+                                                                        [])

@@ -194,7 +194,7 @@ class PruneVocabulary(Pass):
         if max_vocab is not None and max_vocab < 1:
             raise InputError(f"max_vocab must be a positive number of tokens, not {max_vocab}")
         check_engine(engine, processes)
-        self.corpus = parse_sources(list(corpus or []))
+        self.corpus = parse_sources(list(corpus or []), urls=engine == "spark")
         for path in (Path(p) for p in (forced_tokens, heldout) if p is not None):
             if not path.is_file():
                 raise InputError(f"{path} does not exist or is not a file")
@@ -208,7 +208,7 @@ class PruneVocabulary(Pass):
 
     def _corpus_figures(self, counts: TokenCounts, keep: list[int]) -> dict[str, Any]:
         files = [{**_file_entry(f), "name": s.name if f == s.path else f"{s.name}/{f.name}"}
-                 for s in self.corpus for f in s.files()]
+                 for s in self.corpus for f in s.files()] + [{"name": s.name} for s in self.corpus if s.url]
         return {"corpus_files": files, "corpus_lines": counts.lines, "corpus_tokens": counts.tokens,
                 "corpus_coverage": float(counts.counts[keep].sum() / max(counts.tokens, 1)),
                 "min_count": self.min_count, "max_vocab": self.max_vocab, "corpus_engine": self.engine["engine"]}

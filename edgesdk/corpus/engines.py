@@ -111,10 +111,11 @@ def _encoded_in_workers(tokenizer, docs: Iterable[list[str]], workers: int) -> I
 
 
 def _spark_frame(spark, source: CorpusSource):
+    where = source.url or str(source.path)
     if source.kind == "text":
-        return spark.read.text(str(source.path))
+        return spark.read.text(where)
     if source.kind == "parquet":
-        return spark.read.parquet(str(source.path)).select(source.text_column())
+        return spark.read.parquet(where).select(source.column or source.text_column())
     raise InputError(f"{source.name}: the spark engine reads text files and Parquet, not {source.kind}; "
                      "write the table as Parquet (pyarrow.parquet.write_table) or count with --corpus-engine local")
 
@@ -147,8 +148,9 @@ def _count_on_spark(tokenizer, sources: list[CorpusSource], min_count: int, mast
         raise InputError("the spark engine needs pyspark: pip install 'edgesdk[spark]' (and Java 17+)") from None
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # local executors run this Python (with tokenizers)
-    spark = SparkSession.builder.master(master).appName("edgesdk corpus counts").config(
-        "spark.ui.enabled", "false").getOrCreate()
+    spark = (SparkSession.builder.master(master).appName("edgesdk corpus counts")
+             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
     shipped_modules = [sys.modules[__name__], sys.modules[TokenCounts.__module__]]
     for module in shipped_modules:  # executors need numpy and tokenizers, not edgesdk
         cloudpickle.register_pickle_by_value(module)

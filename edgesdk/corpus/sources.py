@@ -33,13 +33,17 @@ class CorpusSource:
     path: Path
     kind: str  # "text", "parquet", "arrow" or "datasets"
     column: str | None = None
+    url: str | None = None  # a cluster's location (hdfs://, s3a://...), read by Spark only
 
     @property
     def name(self) -> str:
-        return self.path.name + (f":{self.column}" if self.column else "")
+        return (self.url or self.path.name) + (f":{self.column}" if self.column else "")
 
     def files(self) -> list[Path]:
-        """The files read (the Arrow shards of a datasets folder), for hashing and overlap checks."""
+        """The local files read (the Arrow shards of a datasets folder; none for a URL), for
+        hashing and overlap checks."""
+        if self.url is not None:
+            return []
         return _dataset_files(self.path) if self.kind == "datasets" else [self.path]
 
     def documents(self, batch_rows: int = 8192) -> Iterator[str]:
@@ -155,14 +159,30 @@ def _expand(spec: str) -> list[Path]:
     return [Path(spec)]
 
 
-def parse_sources(specs: list[str | Path]) -> list[CorpusSource]:
-    """Sources for CLI-style specs (``path``, ``glob``, ``path:column``), checked before any work."""
+def _remote(url: str, column: str | None) -> CorpusSource:
+    """A source on a cluster's storage, for Spark: text files or Parquet (with its column named)."""
+    parquet = url.lower().endswith(PARQUET_SUFFIXES)
+    if parquet and column is None:
+        raise InputError(f"corpus {url}: name the text column of the Parquet data, e.g. {url}:text")
+    if not parquet and column is not None:
+        raise InputError(f"corpus {url}: text files have no columns (one document per line); drop ':{column}'")
+    return CorpusSource(Path(url.rpartition("/")[2] or "corpus"), "parquet" if parquet else "text", column, url)
+
+
+def parse_sources(specs: list[str | Path], urls: bool = False) -> list[CorpusSource]:
+    """Sources for CLI-style specs (``path``, ``glob``, ``path:column``; with ``urls``, also
+    ``scheme://...`` locations that only Spark reads), checked before any work."""
     sources = []
     for spec in map(str, specs):
         column = None
         path, sep, tail = spec.rpartition(":")
         if sep and path and not Path(spec).exists() and tail and "/" not in tail:
             spec, column = path, tail
+        if "://" in spec:
+            if not urls:
+                raise InputError(f"corpus {spec} is a URL: only the spark engine reads them (--corpus-engine spark)")
+            sources.append(_remote(spec, column))
+            continue
         for path in _expand(spec):
             kind = _kind(path)
             if kind is None:
