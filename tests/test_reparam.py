@@ -160,7 +160,7 @@ class Residual(nn.Module):
 def test_what_cannot_fuse_is_left_and_reported():
     fused, records = check_exact(classifier(Net(Unfusable())))
     reasons = " | ".join(s["reason"] for s in records[1]["skipped"])
-    for expected in ("not a Conv/BatchNorm of the shared input", "stride", "even"):
+    for expected in ("not a Conv/BatchNorm/AvgPool of the shared input", "stride", "even"):
         assert expected in reasons
     assert "different inputs" not in reasons  # two linear layers over two inputs are no branch sum: not listed
     assert not records[1]["changed"]
@@ -275,3 +275,89 @@ def test_batchnorm_is_matched_by_what_it_computes_not_by_class():
     assert len(records[1]["rewrites"]) == 1  # the three branches of the RepVGG block: one conv
     assert not any("BatchNorm" in t for t in module_types(fused.model))
     assert sum(isinstance(m, nn.Conv2d) for m in fused.model.modules()) == 3
+
+
+class MobileOneLinear(nn.Module):
+    """timm's MobileOneBlock without its activation: depthwise kxk and 1x1 conv+BN and an identity BN."""
+
+    def __init__(self, c, kernel):
+        super().__init__()
+        self.conv_kxk, self.conv_scale = convbn(c, c, kernel, 1, c), convbn(c, c, 1, 1, c, padding=0)
+        self.identity = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return self.conv_scale(x) + self.identity(x) + self.conv_kxk(x)
+
+
+class RepMixer(nn.Module):
+    """FastViT's RepMixer: x + γ·(mixer(x) − norm(x)), the mixer a depthwise MobileOne block
+    (kxk and 1x1 conv+BN branches and an identity BN), the norm a BatchNorm alone."""
+
+    def __init__(self, c, kernel=3):
+        super().__init__()
+        self.mixer = MobileOneLinear(c, kernel)
+        self.norm = nn.BatchNorm2d(c)
+        self.layer_scale = nn.Parameter(torch.randn(c, 1, 1))
+
+    def forward(self, x):
+        return x + self.layer_scale * (self.mixer(x) - self.norm(x))
+
+
+class AvgPoolBranch(nn.Module):
+    """DBB-style: a dense kxk conv+BN, a 1x1 conv+BN and a depthwise average pool + BN, summed."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.kxk, self.one = convbn(c, c, 3), convbn(c, c, 1, padding=0)
+        self.pool, self.pool_bn = nn.AvgPool2d(3, 1, 1), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(self.kxk(x) + self.one(x) + self.pool_bn(self.pool(x)))
+
+
+class LayerScaled(nn.Module):
+    """A conv+BN scaled per channel by a learned γ (ConvNeXt/FastViT layer scale), after a BN
+    that feeds a 1x1 conv (BN before a conv), and a 1x1 -> 3x3 chain with no nonlinearity."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = convbn(c, c, 3)
+        self.gamma = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+        self.pre_bn, self.pointwise = nn.BatchNorm2d(c), nn.Conv2d(c, c, 1)
+        self.expand, self.spatial = nn.Conv2d(c, c, 1, bias=False), convbn(c, c, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x) * self.gamma)
+        x = torch.relu(self.pointwise(self.pre_bn(x)))
+        return torch.relu(self.spatial(self.expand(x)))
+
+
+def test_repmixer_with_layer_scale_and_a_difference_fuses_to_one_conv():
+    fused, records = check_exact(classifier(Net(RepMixer(8), RepMixer(8, kernel=5))))
+    assert [r["pattern"] for r in records[1]["rewrites"]] == ["5 branches, scaled"] * 2
+    assert [r["kernel"] for r in records[1]["rewrites"]] == [[3, 3], [5, 5]]
+    assert all(r["groups"] == 8 for r in records[1]["rewrites"])  # depthwise stays depthwise
+    assert not any("BatchNorm" in t for t in module_types(fused.model))
+
+
+def test_average_pool_branch_with_batchnorm_fuses_into_the_dense_conv():
+    fused, records = check_exact(classifier(Net(AvgPoolBranch(8))))
+    (rewrite,) = records[1]["rewrites"]
+    assert rewrite["pattern"] == "3 branches" and rewrite["groups"] == 1 and rewrite["kernel"] == [3, 3]
+    assert not any(t in ("AvgPool2d", "BatchNorm2d") for t in module_types(fused.model))
+
+
+def test_layer_scale_batchnorm_before_conv_and_1x1_chains_fold():
+    fused, records = check_exact(classifier(Net(LayerScaled(8))))
+    patterns = [r["pattern"] for r in records[0]["rewrites"]]
+    assert "Conv2d*scale" in patterns and "BatchNorm2d+Conv2d" in patterns
+    assert [r["pattern"] for r in records[1]["rewrites"]] == ["Conv2d 1x1 -> Conv2d"]
+    assert not any("BatchNorm" in t for t in module_types(fused.model))
+    assert sum(isinstance(m, nn.Conv2d) for m in fused.model.modules()) == 4  # stem, conv, pointwise, chain
+
+
+def test_batchnorm_before_a_padded_conv_is_left_when_its_shift_would_meet_the_padding():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    fused, records = check_exact(classifier(net))
+    assert "BatchNorm2d" in module_types(fused.model) and not records[0]["rewrites"]

@@ -21,6 +21,10 @@ __all__ = [
     "canonicalize",
     "module_of",
     "is_add",
+    "is_sub",
+    "constant_of",
+    "channel_scale",
+    "regroup",
     "uses_running_stats",
     "bn_scale_shift",
     "fold_bn",
@@ -144,6 +148,50 @@ def is_add(node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in ("add", "add_")
 
 
+def is_sub(node: fx.Node) -> bool:
+    """``a - b`` written as an operator, ``torch.sub`` or ``Tensor.sub`` (no alpha)."""
+    if node.kwargs.get("alpha", 1) != 1 or node.kwargs.get("out") is not None:
+        return False
+    if node.op == "call_function":
+        return node.target in (operator.sub, torch.sub, operator.isub)
+    return node.op == "call_method" and node.target in ("sub", "sub_")
+
+
+_RESHAPES = ("view", "reshape", "unsqueeze", "expand_as", "flatten", "squeeze")
+
+
+def constant_of(gm: fx.GraphModule, value) -> torch.Tensor | None:
+    """The tensor a node always holds (a parameter or buffer, possibly reshaped), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value))
+    if not isinstance(value, fx.Node):
+        return None
+    if value.op == "get_attr":
+        return _attr(gm, value.target)
+    if value.op == "call_method" and value.target in _RESHAPES and value.target != "expand_as":
+        inner = constant_of(gm, value.args[0])
+        if inner is not None and all(isinstance(a, int) or isinstance(a, (tuple, list)) for a in value.args[1:]):
+            return getattr(inner, value.target)(*value.args[1:])
+    return None
+
+
+def channel_scale(gm: fx.GraphModule, node: fx.Node, channels: int) -> tuple[torch.Tensor, fx.Node] | None:
+    """For ``x * s`` (or ``s * x``, ``Tensor.mul``) with ``s`` a constant per channel of an
+    (N, C, H, W) ``x`` (shape (C,1,1), (1,C,1,1) or a scalar): (s as C values, x); else None."""
+    if not ((node.op == "call_function" and node.target in (operator.mul, torch.mul, operator.imul))
+            or (node.op == "call_method" and node.target in ("mul", "mul_"))) or len(node.args) != 2:
+        return None
+    for const_arg, x in (node.args, node.args[::-1]):
+        s = constant_of(gm, const_arg)
+        if s is None or not isinstance(x, fx.Node):
+            continue
+        if s.numel() == 1:
+            return s.reshape(1).expand(channels).clone(), x
+        if s.numel() == channels and s.dim() >= 3 and s.shape[-1] == s.shape[-2] == 1 and s.shape[-3] == channels:
+            return s.reshape(channels), x
+    return None
+
+
 def uses_running_stats(bn: nn.Module) -> bool:
     """True for a BatchNorm in eval mode with running statistics: an affine map, foldable."""
     return not bn.training and bn.running_mean is not None
@@ -173,6 +221,21 @@ def identity_kernel(channels: int, groups: int, kernel: tuple[int, int]) -> torc
     for c in range(channels):
         w[c, c % per_group, kernel[0] // 2, kernel[1] // 2] = 1.0
     return w
+
+
+def regroup(weight: torch.Tensor, groups: int, to: int) -> torch.Tensor:
+    """The kernel of a conv with ``groups`` written for ``to`` groups (``to`` divides ``groups``):
+    zeros where an output's new group reads inputs its old group did not."""
+    if to == groups:
+        return weight
+    out_c, per_in = weight.shape[:2]
+    in_c, per_out = per_in * groups, out_c // groups
+    new_per_in = in_c // to
+    out = weight.new_zeros(out_c, new_per_in, *weight.shape[2:])
+    for o in range(out_c):
+        first = (o // per_out) * per_in - (o // (out_c // to)) * new_per_in  # old group's first input, new index
+        out[o, first:first + per_in] = weight[o]
+    return out
 
 
 def pad_kernel(weight: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
