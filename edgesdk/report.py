@@ -35,8 +35,8 @@ code{background:#f3f3f3;padding:1px 4px}
 def _fmt(value: Any, kind: str = "g") -> str:
     if value is None:
         return "–"
-    if kind == "%":
-        return f"{value:.2%}"
+    if kind in ("%", "+%"):
+        return f"{value:+.2%}" if kind == "+%" else f"{value:.2%}"
     if kind == "bytes":
         return f"{value / 1e6:.2f} MB"
     return f"{value:.3g}" if isinstance(value, float) else str(value)
@@ -158,10 +158,6 @@ def _verdicts(bundle: dict[str, Any]) -> dict[str, str]:
     return {gate: status for gate, status, _ in gates(ParityResult.from_dict(bundle["parity"]))}
 
 
-def _pct(value: float | None, signed: bool = False) -> str:
-    return "–" if value is None else (f"{value:+.2%}" if signed else f"{value:.2%}")
-
-
 @functools.cache
 def _template() -> Any:
     import jinja2
@@ -171,7 +167,7 @@ def _template() -> Any:
     def given(value: Any) -> Any:
         return None if isinstance(value, jinja2.Undefined) else value
 
-    env.filters.update(fmt=lambda v, kind="g": _fmt(given(v), kind), pct=lambda v, signed=False: _pct(given(v), signed))
+    env.filters.update(fmt=lambda v, kind="g": _fmt(given(v), kind))
     env.globals.update(verdicts=_verdicts, pass_figures=_pass_figures, comparison_table=format_comparison,
                        matrix_gates=MATRIX_GATES)
     return env.get_template("report.html.j2")

@@ -82,3 +82,20 @@ def test_verify_samples_verifies_an_evenly_spaced_subset(tmp_path):
     verification = result.report["verification"]
     assert verification["samples"] == 120 and "120 of 300 samples, evenly spaced" in verification["chosen"]
     assert "120 of 300 samples, evenly spaced" in (tmp_path / "dist" / "report.html").read_text()
+
+
+def test_verify_from_disk_finds_each_sample_by_digest_and_names_unseen_ones(tiny_text_dir, text_tsv, tmp_path):
+    from edgesdk.errors import InputError
+    from edgesdk.verify import verify_bundle
+
+    model = edgesdk.TextClassifier.from_pretrained(tiny_text_dir)
+    edgesdk.convert(model, tmp_path / "dist", verify_on=text_tsv, quiet=True)
+    shuffled = tmp_path / "shuffled.tsv"  # the same samples in another order: found by digest
+    lines = text_tsv.read_text(encoding="utf-8").splitlines()
+    shuffled.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n", encoding="utf-8")
+    result = verify_bundle(tmp_path / "dist" / "onnx-fp32", shuffled)
+    assert result and result.samples == len(lines) - 1
+    unseen = tmp_path / "unseen.tsv"
+    unseen.write_text("a text the conversion never saw\tpos\n", encoding="utf-8")
+    with pytest.raises(InputError, match="1 samples in .*unseen.tsv were not in the conversion's verification data"):
+        verify_bundle(tmp_path / "dist" / "onnx-fp32", unseen)
