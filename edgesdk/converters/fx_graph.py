@@ -139,22 +139,22 @@ def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target) if node.op == "call_module" else None
 
 
-def is_add(node: fx.Node) -> bool:
-    """``a + b`` written as an operator, ``torch.add`` or ``Tensor.add`` (no alpha)."""
+def _is_op(node: fx.Node, functions: tuple, methods: tuple) -> bool:
     if node.kwargs.get("alpha", 1) != 1 or node.kwargs.get("out") is not None:
         return False
     if node.op == "call_function":
-        return node.target in (operator.add, torch.add, operator.iadd)
-    return node.op == "call_method" and node.target in ("add", "add_")
+        return node.target in functions
+    return node.op == "call_method" and node.target in methods
+
+
+def is_add(node: fx.Node) -> bool:
+    """``a + b`` written as an operator, ``torch.add`` or ``Tensor.add`` (no alpha)."""
+    return _is_op(node, (operator.add, torch.add, operator.iadd), ("add", "add_"))
 
 
 def is_sub(node: fx.Node) -> bool:
     """``a - b`` written as an operator, ``torch.sub`` or ``Tensor.sub`` (no alpha)."""
-    if node.kwargs.get("alpha", 1) != 1 or node.kwargs.get("out") is not None:
-        return False
-    if node.op == "call_function":
-        return node.target in (operator.sub, torch.sub, operator.isub)
-    return node.op == "call_method" and node.target in ("sub", "sub_")
+    return _is_op(node, (operator.sub, torch.sub, operator.isub), ("sub", "sub_"))
 
 
 _RESHAPES = ("view", "reshape", "unsqueeze", "expand_as", "flatten", "squeeze")
