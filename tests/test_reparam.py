@@ -361,3 +361,23 @@ def test_batchnorm_before_a_padded_conv_is_left_when_its_shift_would_meet_the_pa
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
     fused, records = check_exact(classifier(net))
     assert "BatchNorm2d" in module_types(fused.model) and not records[0]["rewrites"]
+
+
+class RepGhostish(nn.Module):
+    """timm's RepGhost bottleneck shape: a ghost module (primary conv+BN, then a depthwise
+    conv+BN plus an identity BN over the primary's output) inside a residual add."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.primary = convbn(c, c, 1, padding=0)
+        self.cheap, self.fusion_bn = convbn(c, c, 3, 1, c), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        x1 = self.primary(x)
+        return x + (self.cheap(x1) + self.fusion_bn(x1))
+
+
+def test_a_branch_sum_inside_a_residual_add_fuses_on_its_own():
+    fused, records = check_exact(classifier(Net(RepGhostish(8), RepGhostish(8))))
+    assert [r["pattern"] for r in records[1]["rewrites"]] == ["2 branches"] * 2 and records[1]["skipped"] == []
+    assert not any("BatchNorm" in t for t in module_types(fused.model))

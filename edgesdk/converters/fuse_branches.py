@@ -65,25 +65,20 @@ def _times(coef: torch.Tensor | None, factor: torch.Tensor) -> torch.Tensor:
     return factor if coef is None else coef * factor
 
 
-def _absorbed(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """True when ``node`` is a term of a larger sum: its only user adds, subtracts or scales it on
-    the way to one."""
-    if len(node.users) != 1:
-        return False
-    user = next(iter(node.users))
-    return is_add(user) or is_sub(user) or (_scaling(gm, user) is not None and _absorbed(gm, user))
-
-
-def _terms(gm: fx.GraphModule, node: fx.Node, coef: torch.Tensor | None = None) -> list[tuple]:
-    """(coefficient per channel or None, leaf) of each leaf of a sum/difference/scaling tree."""
+def _terms(gm: fx.GraphModule, node: fx.Node, coef: torch.Tensor | None = None,
+           inner: set | None = None) -> list[tuple]:
+    """(coefficient per channel or None, leaf) of each leaf of a sum/difference/scaling tree;
+    the tree's own nodes are added to ``inner``."""
+    if inner is not None:
+        inner.add(node)
     scaled = _scaling(gm, node)
     if scaled is not None:
-        factor, inner = scaled
-        return _terms(gm, inner, _times(coef, factor)) if _inner(gm, inner) else [(_times(coef, factor), inner)]
+        factor, below = scaled
+        return _terms(gm, below, _times(coef, factor), inner) if _inner(gm, below) else [(_times(coef, factor), below)]
     out = []
     for k, arg in enumerate(node.args[:2]):
         sign = coef if k == 0 or is_add(node) else _times(coef, torch.tensor(-1.0))
-        out += _terms(gm, arg, sign) if _inner(gm, arg) else [(sign, arg)]
+        out += _terms(gm, arg, sign, inner) if _inner(gm, arg) else [(sign, arg)]
     return out
 
 
@@ -244,12 +239,23 @@ def compose_chains(gm: fx.GraphModule) -> tuple[list[dict], list[dict]]:
 
 
 def fuse_branches(gm: fx.GraphModule) -> tuple[list[dict], list[dict]]:
-    """Compose 1x1 -> kxk chains, then fuse branch sums, in place; returns (fused, skipped) records."""
-    fused, skipped = compose_chains(gm)
-    for node in list(gm.graph.nodes):
-        if not (is_add(node) or is_sub(node)) or _absorbed(gm, node):
+    """Compose 1x1 -> kxk chains, then fuse branch sums, in place; returns (fused, skipped) records.
+
+    Sums are tried outermost first; when a whole tree cannot fuse (a residual add around a
+    RepGhost module, say), the sums inside it are tried on their own. A tree that fails is
+    reported once, at its outermost sum, unless a sum inside it fused.
+    """
+    chains, skipped = compose_chains(gm)
+    fused: list[dict] = []
+    handled: set = set()
+    failures: list[tuple[set, dict]] = []
+    fused_roots = set()
+    for node in reversed(list(gm.graph.nodes)):
+        if node in handled or not (is_add(node) or is_sub(node)):
             continue
-        terms = [(c, leaf) for c, leaf in _terms(gm, node) if not (isinstance(leaf, (int, float)) and leaf == 0)]
+        inner: set = set()
+        terms = [(c, leaf) for c, leaf in _terms(gm, node, inner=inner)
+                 if not (isinstance(leaf, (int, float)) and leaf == 0)]
         leaves = [leaf for _, leaf in terms]
         branches = [_branch(gm, leaf) for leaf in leaves]
         inputs = [b.x for b in branches if b is not None]
@@ -257,8 +263,11 @@ def fuse_branches(gm: fx.GraphModule) -> tuple[list[dict], list[dict]]:
             continue  # no two linear branches over one input (a residual add around a block): not a candidate
         reason = _check(leaves, branches)
         if reason:
-            skipped.append({"at": _where(leaves, node), "reason": reason})
+            if not any(node in tree for tree, _ in failures):
+                failures.append((inner, {"at": _where(leaves, node), "reason": reason}))
             continue
+        handled |= inner
+        fused_roots.add(node)
         x = next(b.x for b in branches if b is not None)
         branches = [b if b is not None else _Branch(x) for b in branches]
         for (coef, _), b in zip(terms, branches):
@@ -267,12 +276,13 @@ def fuse_branches(gm: fx.GraphModule) -> tuple[list[dict], list[dict]]:
             conv = _fuse(branches)
         where = _where(leaves, node)
         replace_with_module(gm, node, conv, (x,), f"{where}.fused" if where != node.name else f"fused_{node.name}")
-        gm.graph.eliminate_dead_code()
         fused.append({"pattern": f"{len(branches)} branches" + (", scaled" if any(c is not None for c, _ in terms)
                                                                  else ""),
                       "at": where, "kernel": list(conv.kernel_size), "groups": conv.groups,
                       "stride": list(conv.stride)})
-    return fused, skipped
+    gm.graph.eliminate_dead_code()
+    skipped += [record for tree, record in reversed(failures) if not tree & fused_roots]
+    return chains + fused[::-1], skipped
 
 
 @PASSES.register("fuse_branches")
