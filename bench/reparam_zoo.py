@@ -10,7 +10,9 @@ not trivial): convolutions and BatchNorms before, after edgesdk's passes (fold_b
 fuse_branches) and after timm's ``reparameterize_model``; the relative max difference of the
 logits from the unfused model's (max |Δ| / max |logit|); and onnxruntime latency (batch 1,
 224x224 uint8 through the bundle graph, 2 threads) of the three, measured side by side in
-alternating rounds. Writes bench/results/reparam_zoo.json.
+alternating rounds, with the node count of each model as onnxruntime optimizes it (onnxruntime
+folds a BatchNorm into its conv itself, so equal counts mean the same graph runs). Writes
+bench/results/reparam_zoo.json.
 
 Run: python bench/reparam_zoo.py [--models repvgg_a0,resnet18] [--rounds 20]
 """
@@ -85,6 +87,7 @@ def latency(sessions: dict, feed, rounds: int) -> dict[str, float]:
 
 def bench_model(name: str, rounds: int, folder: Path) -> dict:
     import numpy as np
+    import onnx
     import onnxruntime as ort
     import timm
     import torch
@@ -108,14 +111,18 @@ def bench_model(name: str, rounds: int, folder: Path) -> dict:
         ref = unfused.graph()(x)[0]
         diffs = {k: float((c.graph()(x)[0] - ref).abs().max() / ref.abs().max())
                  for k, c in (("edgesdk", edgesdk_model), ("timm", timm_model))}
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    sessions = {k: ort.InferenceSession(str(export_onnx(c, folder / f"{name}-{k}.onnx")), options,
-                                        providers=["CPUExecutionProvider"])
-                for k, c in (("unfused", unfused), ("edgesdk", edgesdk_model), ("timm", timm_model))}
+    sessions, optimized = {}, {}
+    for k, c in (("unfused", unfused), ("edgesdk", edgesdk_model), ("timm", timm_model)):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        options.optimized_model_filepath = str(folder / f"{name}-{k}.optimized.onnx")
+        sessions[k] = ort.InferenceSession(str(export_onnx(c, folder / f"{name}-{k}.onnx")), options,
+                                           providers=["CPUExecutionProvider"])
+        optimized[k] = len(onnx.load(options.optimized_model_filepath).graph.node)
     feed = {sessions["unfused"].get_inputs()[0].name: np.asarray(x[:1])}
     return {"unfused": counts(net), "edgesdk": counts(edgesdk_model.model), "timm": counts(timm_model.model),
             "rel_diff": diffs, "latency_ms": latency(sessions, feed, rounds), "passes_s": seconds,
+            "onnxruntime_optimized_nodes": optimized,
             "rewrites": [len(r["rewrites"]) for r in records],
             "skipped": [s for r in records for s in r["skipped"]][:10]}
 
@@ -123,7 +130,7 @@ def bench_model(name: str, rounds: int, folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=40)
     args = parser.parse_args()
     in_zoo_venv()
     import timm
@@ -140,7 +147,7 @@ def main() -> None:
             print(name, results["models"][name].get("error", "done"), flush=True)
     print(f"\ntorch {results['torch']}, timm {results['timm']}; CPU flags: {' '.join(results['cpu_flags'])}")
     print(f"{'model':24} {'conv/BN before':>15} {'edgesdk':>9} {'timm':>9} {'rel diff':>9} "
-          f"{'ms unfused':>11} {'edgesdk':>8} {'timm':>8}")
+          f"{'ms unfused':>11} {'edgesdk':>8} {'timm':>8} {'ORT nodes u/e/t':>16}")
     for name, r in results["models"].items():
         if "error" in r:
             print(f"{name:24} error: {r['error'][:90]}")
@@ -148,7 +155,8 @@ def main() -> None:
         cell = lambda c: f"{c['convs']}/{c['batchnorms']}"  # noqa: E731
         lat = r["latency_ms"]
         print(f"{name:24} {cell(r['unfused']):>15} {cell(r['edgesdk']):>9} {cell(r['timm']):>9} "
-              f"{r['rel_diff']['edgesdk']:9.1e} {lat['unfused']:11.2f} {lat['edgesdk']:8.2f} {lat['timm']:8.2f}")
+              f"{r['rel_diff']['edgesdk']:9.1e} {lat['unfused']:11.2f} {lat['edgesdk']:8.2f} {lat['timm']:8.2f} "
+              f"{'/'.join(str(n) for n in r['onnxruntime_optimized_nodes'].values()):>16}")
     print(f"wrote {write_results('reparam_zoo', results)}")
 
 

@@ -119,12 +119,12 @@ def fold_batchnorm(gm: fx.GraphModule) -> tuple[list[dict], list[dict]]:
             continue
         reason = _why_not(gm, layer_node, bn)
         if reason:
-            skipped.append({"at": node.name, "reason": reason})
+            skipped.append({"at": node.target, "reason": reason})
             continue
         with torch.no_grad():
             weight, bias = fold_bn(layer.weight, layer.bias, bn)
         _replace_pair(gm, layer_node, node, layer, weight, bias, f"{layer_node.target}_bn")
-        folded.append({"pattern": f"{type(layer).__name__}+{type(bn).__name__}", "at": node.name})
+        folded.append({"pattern": f"{type(layer).__name__}+{type(bn).__name__}", "at": node.target})
     gm.graph.eliminate_dead_code()
     return folded, skipped
 
