@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from edgesdk.errors import InputError
 
 from .counts import TokenCounts, encode_documents
-from .sources import CorpusSource, batches
+from .sources import CorpusSource, TextBlock, as_documents
 
 __all__ = ["ENGINES", "check_engine", "count_corpus"]
 
@@ -72,9 +72,9 @@ def _workers(sources: list[CorpusSource], processes: int | None) -> int:
 def _count_here(tokenizer, sources: list[CorpusSource], min_count: int, workers: int, batch_lines: int,
                 progress: Progress | None, start: float) -> TokenCounts:
     total = TokenCounts.empty(tokenizer.get_vocab_size(with_added_tokens=True), min_count)
-    docs = (batch for source in sources for batch in batches(source, batch_lines))
-    encoded = _encoded_in_workers(tokenizer, docs, workers) if workers else (
-        encode_documents(tokenizer, batch) for batch in docs)
+    units = (unit for source in sources for unit in source.units(batch_lines))
+    encoded = _encoded_in_workers(tokenizer, units, workers) if workers else (
+        encode_documents(tokenizer, as_documents(unit)) for unit in units)
     for flat, lengths, chars in encoded:
         total.add(flat, lengths, chars)
         if progress is not None:
@@ -93,17 +93,18 @@ def _start_worker(tokenizer_json: str) -> None:
     _worker_tokenizer = Tokenizer.from_str(tokenizer_json)
 
 
-def _encode_in_worker(documents: list[str]):
-    return encode_documents(_worker_tokenizer, documents)
+def _encode_in_worker(unit: TextBlock | list[str]):
+    return encode_documents(_worker_tokenizer, as_documents(unit))
 
 
-def _encoded_in_workers(tokenizer, docs: Iterable[list[str]], workers: int) -> Iterator:
-    """Encodings of ``docs`` in order, at most ``_IN_FLIGHT`` batches per worker in the queue."""
+def _encoded_in_workers(tokenizer, units: Iterable[TextBlock | list[str]], workers: int) -> Iterator:
+    """Encodings of ``units`` in order, at most ``_IN_FLIGHT`` units per worker in the queue (a
+    text block is decoded by its worker, so this process only reads)."""
     context = multiprocessing.get_context("spawn")  # never fork a process holding torch's or rayon's threads
     with context.Pool(workers, initializer=_start_worker, initargs=(tokenizer.to_str(),)) as pool:
         pending: deque = deque()
-        for batch in docs:
-            pending.append(pool.apply_async(_encode_in_worker, (batch,)))
+        for unit in units:
+            pending.append(pool.apply_async(_encode_in_worker, (unit,)))
             if len(pending) >= workers * _IN_FLIGHT:
                 yield pending.popleft().get()
         while pending:

@@ -10,17 +10,17 @@ when the table has a single string column), or a folder written by
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
-from edgesdk.data import read_text_lines
 from edgesdk.errors import InputError
 
-__all__ = ["CorpusSource", "parse_sources", "batches"]
+__all__ = ["CorpusSource", "TextBlock", "parse_sources", "as_documents", "block_documents"]
 
+BLOCK_BYTES = 1 << 20  # a text file is read in blocks of about this many bytes of whole lines
 PARQUET_SUFFIXES = (".parquet", ".pq")
 ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
 _FORMATS = "text files (.txt, .gz), Parquet (.parquet), Arrow (.arrow, .feather) or a saved datasets folder"
@@ -48,11 +48,17 @@ class CorpusSource:
 
     def documents(self, batch_rows: int = 8192) -> Iterator[str]:
         """Every non-blank document, in file order."""
+        for unit in self.units(batch_rows):
+            yield from as_documents(unit)
+
+    def units(self, batch_rows: int = 8192) -> Iterator[TextBlock | list[str]]:
+        """The source as units of work, in order: blocks of whole lines of a text file (raw bytes,
+        decoded by whoever encodes them), or lists of a column's documents."""
         if self.kind == "text":
-            yield from _text_documents(self.path)
+            yield from _blocks(self.path)
             return
         for column in self._columns(batch_rows):
-            yield from (doc for doc in column.to_pylist() if doc is not None and doc.strip())
+            yield [doc for doc in column.to_pylist() if doc is not None and doc.strip()]
 
     def text_column(self) -> str:
         """The column that holds the text (Parquet, Arrow, datasets): the one named, or the only
@@ -86,12 +92,51 @@ class CorpusSource:
             raise InputError(f"{self.path}: cannot read it as {self.kind} ({e})") from e
 
 
-def _text_documents(path: Path) -> Iterator[str]:
-    for number, line in read_text_lines(path):
-        if "\x00" in line:
-            raise InputError(f"{path}: line {number} holds binary data, not text; give one document per line")
-        if line.strip():
-            yield line
+@dataclass(frozen=True)
+class TextBlock:
+    """Whole lines of a text file, undecoded: a unit of work small enough to send to a worker."""
+
+    path: Path
+    first_line: int
+    data: bytes
+
+
+def _blocks(path: Path, size: int = BLOCK_BYTES) -> Iterator[TextBlock]:
+    """The file (plain or gzip) in blocks of whole lines, about ``size`` bytes each."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    line, rest = 1, b""
+    try:
+        with opener(path, "rb") as f:
+            while chunk := f.read(size):
+                data = rest + chunk
+                cut = data.rfind(b"\n") + 1
+                rest = data[cut:]
+                if cut:
+                    yield TextBlock(path, line, data[:cut])
+                    line += data.count(b"\n", 0, cut)
+    except (OSError, EOFError) as e:
+        raise InputError(f"{path}: cannot read ({e})") from e
+    if rest:
+        yield TextBlock(path, line, rest)
+
+
+def block_documents(block: TextBlock) -> list[str]:
+    """The non-blank lines of a block, decoded; a line that is not UTF-8 text is named."""
+    try:
+        text = block.data.decode("utf-8-sig" if block.first_line == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        line = block.first_line + block.data.count(b"\n", 0, e.start)
+        raise InputError(f"{block.path}: line {line} is not UTF-8 text ({e.reason}); re-encode the file as "
+                         "UTF-8") from e
+    if "\x00" in text:
+        line = block.first_line + text.count("\n", 0, text.index("\x00"))
+        raise InputError(f"{block.path}: line {line} holds binary data, not text; give one document per line")
+    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+
+
+def as_documents(unit: TextBlock | list[str]) -> list[str]:
+    """The documents of a unit of work."""
+    return block_documents(unit) if isinstance(unit, TextBlock) else unit
 
 
 def _open_arrow(path: Path):
@@ -196,8 +241,3 @@ def parse_sources(specs: list[str | Path], urls: bool = False) -> list[CorpusSou
     return sources
 
 
-def batches(source: CorpusSource, size: int) -> Iterator[list[str]]:
-    """The source's documents in lists of ``size``."""
-    docs = source.documents()
-    while batch := list(islice(docs, size)):
-        yield batch
