@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, cpu_flags, write_results  # noqa: E402
+from _common import SHARED_DATA, cpu_flags, print_table, write_results  # noqa: E402
 
 RAW_LINES = 200_000
 ENGINES = [("local, 1 process", {"engine": "local", "processes": 1}, "txt"),
@@ -162,12 +162,11 @@ def main() -> None:
     results = {"cpu_flags": cpu_flags(), "lines": args.lines, "tokenizer": args.tokenizer,
                "distinct_texts": corpus["texts"], "engines": rows, "projection": projection(rows, startup)}
     print(f"\n{args.lines:,} lines, tokenizer {args.tokenizer}; CPU flags: {' '.join(results['cpu_flags'])}")
-    print(f"{'engine':30} {'lines/s':>10} {'raw 1-core':>11} {'per core/raw':>13} {'seconds':>8} "
-          f"{'peak MB':>8} {'children MB':>12} {'same counts':>12}")
-    for name, r in rows.items():
-        print(f"{name:30} {r['lines_per_s']:10,.0f} {r['raw_lines_per_s_one_core']:11,.0f} "
-              f"{r['per_core_vs_raw']:13.2f} {r['seconds']:8.1f} {r['peak_rss_mb']:8.0f} "
-              f"{r['peak_rss_children_mb']:12.0f} {str(r['counts_identical_to_local']):>12}")
+    print_table(["engine", "lines/s", "raw 1-core", "per core/raw", "seconds", "peak MB", "children MB", "same counts"],
+                [[name, f"{r['lines_per_s']:,.0f}", f"{r['raw_lines_per_s_one_core']:,.0f}",
+                  f"{r['per_core_vs_raw']:.2f}",
+                  f"{r['seconds']:.1f}", f"{r['peak_rss_mb']:.0f}", f"{r['peak_rss_children_mb']:.0f}",
+                  r["counts_identical_to_local"]] for name, r in rows.items()])
     p = results["projection"]
     print(f"\nprojection: 10^9 lines on {p['executors']} one-core executors at {p['per_core_lines_per_s']:,.0f} "
           f"lines/s per core (Spark start {p['startup_s']:.0f} s): {p['hours']:.1f} h")

@@ -24,7 +24,9 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, print_table, write_results  # noqa: E402
+
 HOOK = (
     "import sys, os\n"
     "_log = open(os.environ['AUDIT_LOG'], 'a')\n"
@@ -181,16 +183,13 @@ def main() -> None:
         out_cases(demo, work / "outs", out_counts, outs)
         (ROOT / "bench" / "results" / "digit.png").unlink()
     result = {"bundles": dict(counts), "outputs": dict(out_counts), "bundle_failures": table[:20], "out_paths": outs}
-    print(f"{'campaign':<10} {'cases':>6} {'runs':>6} {'tracebacks':>11} {'escapes':>8} {'deletions':>10}")
-    print(f"{'bundles':<10} {counts['cases']:>6} {counts['runs']:>6} {counts['tracebacks']:>11} {counts['escapes']:>8} "
-          f"{counts['deletions']:>10}")
-    print(f"{'--out':<10} {len(outs):>6} {out_counts['runs']:>6} {out_counts['tracebacks']:>11} {'-':>8} "
-          f"{out_counts['deletions']:>10}")
+    print_table(["campaign", "cases", "runs", "tracebacks", "escapes", "deletions"],
+                [["bundles", counts["cases"], counts["runs"], counts["tracebacks"], counts["escapes"],
+                  counts["deletions"]],
+                 ["--out", len(outs), out_counts["runs"], out_counts["tracebacks"], "-", out_counts["deletions"]]])
     for row in outs:
         print(f"  --out {row['out']!r}: exit {row['exit']}: {row['message']}")
-    path = ROOT / "bench" / "results" / "fuzz_campaign.json"
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {path}")
+    print(f"wrote {write_results('fuzz_campaign', result)}")
 
 
 if __name__ == "__main__":

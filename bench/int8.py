@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_flags, print_table, write_results  # noqa: E402
 from finetune import finetuned, load_set  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 PEERS = ("ort_quantize_dynamic", "ort_quantize_static", "nncf_transformer")
 
 
@@ -173,13 +173,12 @@ def bench_set(set_name: str, base: str, methods: list[str], rounds: int, work: P
 
 def _print(name: str, result: dict) -> None:
     print(f"\n{name} ({result['test_samples']} test texts)")
-    print(f"{'config':<24}{'bytes':>8}{'acc':>8}{'Δacc':>8}{'agree':>8}{'ms':>8}{'×fp32':>7}{'OV ×':>7}"
-          f"{'calib s':>9}{'peak MB':>9}{'float':>7}")
-    for config, row in result["configs"].items():
-        ov = f"{row['openvino_latency_ratio']:.2f}" if "openvino_latency_ratio" in row else ""
-        print(f"{config:<24}{row['bytes_ratio']:>8.1%}{row['accuracy']:>8.2%}{row['accuracy_delta']:>+8.2%}"
-              f"{row['agreement']:>8.2%}{row['latency_ms']:>8.2f}{row['latency_ratio']:>7.2f}{ov:>7}"
-              f"{row.get('calibration_s', 0):>9.1f}{row.get('peak_rss_mb', 0):>9.0f}{row.get('float_layers', 0):>7.0f}")
+    print_table(["config", "bytes", "acc", "Δacc", "agree", "ms", "×fp32", "OV ×", "calib s", "peak MB", "float"],
+                [[config, f"{row['bytes_ratio']:.1%}", f"{row['accuracy']:.2%}", f"{row['accuracy_delta']:+.2%}",
+                  f"{row['agreement']:.2%}", f"{row['latency_ms']:.2f}", f"{row['latency_ratio']:.2f}",
+                  f"{row['openvino_latency_ratio']:.2f}" if "openvino_latency_ratio" in row else "",
+                  f"{row.get('calibration_s', 0):.1f}", f"{row.get('peak_rss_mb', 0):.0f}",
+                  f"{row.get('float_layers', 0):.0f}"] for config, row in result["configs"].items()])
 
 
 def main() -> None:
@@ -194,17 +193,15 @@ def main() -> None:
         config, folder, set_name, fp32, out = args.one
         print(json.dumps(quantize(config, Path(folder), set_name, Path(fp32), Path(out))))
         return
-    flags = sorted({f for f in Path("/proc/cpuinfo").read_text().split() if f in ("avx2", "avx512f", "avx512_vnni",
-                                                                                    "avx_vnni", "amx_int8")})
+    flags = cpu_flags()
     runs = [(s, "minilm") for s in args.sets.split(",") if s] + ([(args.e5, "e5")] if args.e5 else [])
     results: dict[str, dict] = {"cpu_flags": flags}
     for set_name, base in runs:
         with tempfile.TemporaryDirectory() as tmp:
             results[f"{base}-{set_name}"] = bench_set(set_name, base, args.methods.split(","), args.rounds, Path(tmp))
         _print(f"{base}-{set_name}", results[f"{base}-{set_name}"])
-        out = ROOT / "bench" / "results" / "int8.json"
-        out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"\nCPU flags: {' '.join(flags)}; wrote {ROOT / 'bench' / 'results' / 'int8.json'}")
+        out = write_results("int8", results)
+    print(f"\nCPU flags: {' '.join(flags)}; wrote {out}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ Run: python bench/reparam.py
 
 from __future__ import annotations
 
-import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +22,9 @@ from torch import nn
 from edgesdk import ImageClassifier, ImagePreprocessing
 from edgesdk.converters import run_passes
 from edgesdk.converters.export import export_onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table, write_results  # noqa: E402
 
 
 def convbn(cin, cout, k, stride=1, groups=1):
@@ -102,7 +105,7 @@ def main() -> None:
     pre = ImagePreprocessing(size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     x = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
     results: dict[str, float] = {}
-    print(f"{'network':<14}{'form':<9}{'params':>12}{'onnx MB':>10}{'ms (b1)':>10}")
+    table = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, make in NETS.items():
             model = ImageClassifier.create(randomize_bn(make()), [str(i) for i in range(1000)], pre, name=name)
@@ -123,7 +126,7 @@ def main() -> None:
             for form in ("unfused", "fused"):
                 params, mb = row[form]
                 ms = statistics.median(lat[form])
-                print(f"{name:<14}{form:<9}{params:>12,}{mb:>10.2f}{ms:>10.2f}")
+                table.append([name, form, f"{params:,}", f"{mb:.2f}", f"{ms:.2f}"])
                 results[f"{name}_{form}_params"] = params
                 results[f"{name}_{form}_onnx_mb"] = round(mb, 3)
                 results[f"{name}_{form}_latency_ms"] = round(ms, 3)
@@ -131,11 +134,11 @@ def main() -> None:
                 statistics.median(lat["fused"]) / statistics.median(lat["unfused"]), 3)
             results[f"{name}_fused_blocks"] = len(records[1]["rewrites"])
             results[f"{name}_max_rel_logit_diff"] = rel
-            print(f"{'':<14}fused {len(records[1]['rewrites'])} blocks, latency ratio "
-                  f"{results[f'{name}_latency_ratio_fused_over_unfused']:.2f}, max |Δlogit|/max|logit| {rel:.1e}")
-    out = Path(__file__).parent / "results" / "reparam.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+            print(f"{name}: fused {len(records[1]['rewrites'])} blocks, latency ratio "
+                  f"{results[f'{name}_latency_ratio_fused_over_unfused']:.2f}, max |Δlogit|/max|logit| {rel:.1e}",
+                  flush=True)
+    print_table(["network", "form", "params", "onnx MB", "ms (b1)"], table)
+    print(f"wrote {write_results('reparam', results)}")
 
 
 if __name__ == "__main__":

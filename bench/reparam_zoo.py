@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, cpu_flags, write_results  # noqa: E402
+from _common import ROOT, cpu_flags, print_table, write_results  # noqa: E402
 
 VENV = ROOT / "bench" / ".zoo-venv"
 REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31"]
@@ -127,6 +127,16 @@ def bench_model(name: str, rounds: int, folder: Path) -> dict:
             "skipped": [s for r in records for s in r["skipped"]][:10]}
 
 
+def _row(name: str, r: dict) -> list[str]:
+    """One model's cells of the printed table (its error, when it failed)."""
+    if "error" in r:
+        return [name, f"error: {r['error'][:90]}"]
+    lat = r["latency_ms"]
+    return [name, *(f"{r[k]['convs']}/{r[k]['batchnorms']}" for k in ("unfused", "edgesdk", "timm")),
+            f"{r['rel_diff']['edgesdk']:.1e}", *(f"{lat[k]:.2f}" for k in ("unfused", "edgesdk", "timm")),
+            "/".join(str(n) for n in r["onnxruntime_optimized_nodes"].values())]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
@@ -146,17 +156,8 @@ def main() -> None:
                 results["models"][name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             print(name, results["models"][name].get("error", "done"), flush=True)
     print(f"\ntorch {results['torch']}, timm {results['timm']}; CPU flags: {' '.join(results['cpu_flags'])}")
-    print(f"{'model':24} {'conv/BN before':>15} {'edgesdk':>9} {'timm':>9} {'rel diff':>9} "
-          f"{'ms unfused':>11} {'edgesdk':>8} {'timm':>8} {'ORT nodes u/e/t':>16}")
-    for name, r in results["models"].items():
-        if "error" in r:
-            print(f"{name:24} error: {r['error'][:90]}")
-            continue
-        cell = lambda c: f"{c['convs']}/{c['batchnorms']}"  # noqa: E731
-        lat = r["latency_ms"]
-        print(f"{name:24} {cell(r['unfused']):>15} {cell(r['edgesdk']):>9} {cell(r['timm']):>9} "
-              f"{r['rel_diff']['edgesdk']:9.1e} {lat['unfused']:11.2f} {lat['edgesdk']:8.2f} {lat['timm']:8.2f} "
-              f"{'/'.join(str(n) for n in r['onnxruntime_optimized_nodes'].values()):>16}")
+    print_table(["model", "conv/BN before", "edgesdk", "timm", "rel diff", "ms unfused", "edgesdk", "timm",
+                 "ORT nodes u/e/t"], [_row(name, r) for name, r in results["models"].items()])
     print(f"wrote {write_results('reparam_zoo', results)}")
 
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, cpu_flags, write_results  # noqa: E402
+from _common import SHARED_DATA, cpu_flags, print_table, write_results  # noqa: E402
 
 
 def make_model(folder: Path) -> Path:
@@ -89,10 +89,9 @@ def main() -> None:
     for row in rows.values():
         row["rss_growth_vs_smallest"] = row["peak_rss_mb"] / first["peak_rss_mb"] - 1
     print(f"\nCPU flags: {' '.join(cpu_flags())}")
-    print(f"{'samples':>10} {'status':>7} {'seconds':>8} {'samples/s':>10} {'peak MB':>8} {'growth':>7}")
-    for size, r in rows.items():
-        print(f"{size:10,} {r['status']:>7} {r['seconds']:8.1f} {r['samples_per_s']:10,.0f} {r['peak_rss_mb']:8.0f} "
-              f"{r['rss_growth_vs_smallest']:7.1%}")
+    print_table(["samples", "status", "seconds", "samples/s", "peak MB", "growth"],
+                [[f"{size:,}", r["status"], f"{r['seconds']:.1f}", f"{r['samples_per_s']:,.0f}",
+                  f"{r['peak_rss_mb']:.0f}", f"{r['rss_growth_vs_smallest']:.1%}"] for size, r in rows.items()])
     print(f"wrote {write_results('verify_scale', {'cpu_flags': cpu_flags(), 'sizes': rows})}")
 
 

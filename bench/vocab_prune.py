@@ -16,7 +16,6 @@ Writes bench/results/vocab_prune.json.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,9 @@ from edgesdk import TextClassifier
 from edgesdk.converters.prune_vocab import PruneVocabulary
 from edgesdk.corpus import open_tokenizer
 from edgesdk.hf_folder import quiet_transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -151,22 +153,16 @@ def main() -> None:
                 rows.append((f"e5-small / SIB-200 {lang}", row))
                 results.update({f"e5-small_sib_{lang}_{k}": row[k] for k in
                                 ("vocab_after", "model_bytes_ratio", "heldout_exact")})
-    header = f"{'model / corpus':<28}{'vocab':>17}{'model MB':>17}{'ratio':>7}{'exact':>8}{'max|Δ| exact':>13}" \
-             f"{'s':>6}{'lines/s':>9}"
-    print(header)
-    for label, r in rows:
-        diff = r.get("max_abs_logit_diff_exact")
-        print(f"{label:<28}{r['vocab_before']:>8} → {r['vocab_after']:<6}"
-              f"{r['model_mb_before']:>8.1f} → {r['model_mb_after']:<6.1f}{r['model_bytes_ratio']:>7.1%}"
-              f"{r['heldout_exact']:>8.1%}{'–' if diff is None else f'{diff:.1e}':>13}{r['prune_s']:>6.1f}"
-              f"{r['lines_per_s']:>9,.0f}")
+    print_table(["model / corpus", "vocab", "model MB", "ratio", "exact", "max|Δ| exact", "s", "lines/s"],
+                [[label, f"{r['vocab_before']} → {r['vocab_after']}",
+                  f"{r['model_mb_before']:.1f} → {r['model_mb_after']:.1f}", f"{r['model_bytes_ratio']:.1%}",
+                  f"{r['heldout_exact']:.1%}",
+                  "–" if r.get("max_abs_logit_diff_exact") is None else f"{r['max_abs_logit_diff_exact']:.1e}",
+                  f"{r['prune_s']:.1f}", f"{r['lines_per_s']:,.0f}"] for label, r in rows])
     for label, r in rows[:2]:
         print(f"{label} exact share vs corpus fraction: "
               + ", ".join(f"{f:g}: {s:.1%}" for f, s in r["curve"]))
-    out = ROOT / "bench" / "results" / "vocab_prune.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    print(f"wrote {write_results('vocab_prune', results)}")
 
 
 if __name__ == "__main__":

@@ -338,6 +338,7 @@ def test_repmixer_with_layer_scale_and_a_difference_fuses_to_one_conv():
     assert [r["kernel"] for r in records[1]["rewrites"]] == [[3, 3], [5, 5]]
     assert all(r["groups"] == 8 for r in records[1]["rewrites"])  # depthwise stays depthwise
     assert not any("BatchNorm" in t for t in module_types(fused.model))
+    assert records[0]["skipped"] == []  # the BNs fold_batchnorm had to leave were fused as branches
 
 
 def test_average_pool_branch_with_batchnorm_fuses_into_the_dense_conv():

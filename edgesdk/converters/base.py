@@ -62,6 +62,7 @@ def run_passes(
     """
     passes = [PASSES.get(name)(**(options or {}).get(name, {})) for name in names]
     records: list[dict[str, Any]] = []
+    modules_before: list[set[str]] = []
     for name, p in zip(names, passes):
         if workdir is not None:
             p.workdir = workdir / name
@@ -74,7 +75,22 @@ def run_passes(
             done = ", ".join(r["name"] for r in records) or "none"
             cause = str(e) if isinstance(e, EdgeSDKError) else f"{type(e).__name__}: {e}"
             raise PassError(f"pass {name!r} failed ({cause}); passes run before it: {done}") from e
+        modules_before.append(_module_names(classifier))
         classifier = result.classifier
         figures = measure(classifier) if measure is not None and result.changed else {}
         records.append({"name": name, "exact": p.exact, "changed": result.changed, **result.notes, **figures})
+    _drop_resolved_skips(records, modules_before, _module_names(classifier))
     return classifier, records
+
+
+def _module_names(classifier: Any) -> set[str]:
+    model = getattr(classifier, "model", None)
+    return {name for name, _ in model.named_modules()} if hasattr(model, "named_modules") else set()
+
+
+def _drop_resolved_skips(records: list[dict[str, Any]], modules_before: list[set[str]], final: set[str]) -> None:
+    """Forget a pass's skip of a module that a later pass rewrote away (a BatchNorm that
+    ``fold_batchnorm`` left because its conv has other readers, then fused as a branch)."""
+    for record, before in zip(records, modules_before):
+        if record.get("skipped"):
+            record["skipped"] = [s for s in record["skipped"] if s.get("at") not in before - final]
