@@ -5,7 +5,8 @@ Banking77, SMS Spam) into a text file and a Parquet file in a temporary folder. 
 runs in a fresh subprocess, which first measures the tokenizer's own encoding rate on one core
 (``encode_batch`` alone, single-threaded, on the first 200,000 lines held in memory) and then
 counts the whole corpus, so the per-core ratio is measured side by side in one process; the
-subprocess reports its peak memory. Engines: local with 1 and 2 worker processes (each
+subprocess reports its own peak memory (VmHWM) and its children's largest ``ru_maxrss``
+(an upper bound: a spawned worker's starts at its parent's size). Engines: local with 1 and 2 worker processes (each
 single-threaded) and Spark ``local[2]``; Spark's counts are checked against the local ones.
 Ends with a projection of 10^9 lines on a 50-executor cluster from the measured rates, its
 assumptions written beside it. Writes bench/results/corpus_scale.json.
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, cpu_flags, print_table, write_results  # noqa: E402
+from _common import SHARED_DATA, cpu_flags, peak_rss_mb, print_table, write_results  # noqa: E402
 
 RAW_LINES = 200_000
 ENGINES = [("local, 1 process", {"engine": "local", "processes": 1}, "txt"),
@@ -92,7 +93,7 @@ def child(task: dict) -> dict:
     np.save(task["counts"], counts.counts)
     return {"raw_lines_per_s_one_core": raw, "lines": counts.lines, "tokens": counts.tokens, "seconds": seconds,
             "lines_per_s": counts.lines / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": peak_rss_mb(),
             "peak_rss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_flags, print_table, write_results  # noqa: E402
+from _common import cpu_flags, peak_rss_mb, print_table, write_results  # noqa: E402
 from finetune import finetuned, load_set  # noqa: E402
 
 PEERS = ("ort_quantize_dynamic", "ort_quantize_static", "nncf_transformer")
@@ -95,7 +94,7 @@ def quantize(config: str, folder: Path, set_name: str, fp32: Path, out: Path) ->
                               subset_size=len(rows))
         onnx.save_model(model, str(out))
     figures["calibration_s"] = time.perf_counter() - start
-    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures["peak_rss_mb"] = peak_rss_mb()
     return figures
 
 

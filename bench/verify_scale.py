@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, cpu_flags, print_table, write_results  # noqa: E402
+from _common import SHARED_DATA, cpu_flags, peak_rss_mb, print_table, write_results  # noqa: E402
 
 
 def make_model(folder: Path) -> Path:
@@ -47,7 +46,8 @@ def make_data(folder: Path, size: int) -> Path:
             text, _, label = line.rpartition("\t")
             rows.append(f"{' '.join(text.split())}\t{['World', 'Sports', 'Business', 'Sci/Tech'].index(label)}")
     path = folder / f"verify-{size}.tsv"
-    path.write_text("\n".join(rows[i % len(rows)] for i in range(size)) + "\n", encoding="utf-8")
+    with path.open("w", encoding="utf-8") as f:
+        f.writelines(f"{rows[i % len(rows)]}\n" for i in range(size))
     return path
 
 
@@ -62,7 +62,7 @@ def child(task: dict) -> dict:
     (bundle,) = result.bundles
     return {"samples": bundle.parity.samples, "status": bundle.status, "seconds": seconds,
             "samples_per_s": bundle.parity.samples / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> None:
