@@ -114,3 +114,25 @@ def test_effect_counts_changes_and_expects_them_from_the_margins():
     e = effect(reference, noisy, np.full(2000, -1))
     seen = 2000 - e["agreeing"]
     assert seen > 0 and abs(e["expected_changes"] - seen) < 3 * np.sqrt(seen) + 2  # the noise model predicts flips
+
+
+def test_calibration_logits_come_back_in_row_order_whatever_order_the_encoder_batches_in():
+    """The encoder batches texts by length; calibration's logits (judged against labels) must not."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgesdk.calibration.onnx_run import onnx_logits
+
+    class LongestFirst:
+        def batches(self, rows, batch_size):
+            order = sorted(range(len(rows)), key=lambda i: -rows[i][0])
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                yield idx, {"x": np.stack([rows[i] for i in idx])}
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rows = [np.array([(7 * i) % 40, i], np.float32) for i in range(40)]
+    assert np.array_equal(onnx_logits(model, rows, LongestFirst()), np.stack(rows))

@@ -46,7 +46,9 @@ def run_outputs(model: Any, names: list[str], rows: list, encoder, batch_size: i
 
 
 def onnx_logits(model: Any, rows: list, encoder) -> np.ndarray:
-    """The ``logits`` output of ``model`` over encoded ``rows``, in order."""
+    """The ``logits`` output of ``model`` over encoded ``rows``, in row order."""
+    from edgesdk.runtime.encode import in_row_order
+
     session = ort_session(model)
-    parts = [session.run(["logits"], feeds)[0] for _, feeds in encoder.batches(rows, 16)]
-    return np.concatenate(parts).astype(np.float64)
+    return in_row_order((idx, session.run(["logits"], feeds)[0]) for idx, feeds in encoder.batches(rows, 16)
+                        ).astype(np.float64)

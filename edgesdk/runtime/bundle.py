@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import BundleError, InputError
 from ..spec import ModelSpec
-from .encode import Encoder, encoder_for, row_digest
+from .encode import Encoder, encoder_for, in_row_order, row_digest
 from .runner import Runner
 
 __all__ = [
@@ -210,14 +210,8 @@ class Bundle:
         if runner is None:
             with self.runner(runtime) as opened:
                 return self.run_rows(rows, batch_size, runner=opened)
-        out: dict[str, list] = {}
-        order: list[int] = []
-        for idx, feeds in self.encoder.batches(rows, batch_size):
-            for name, value in runner.infer(feeds).items():
-                out.setdefault(name, []).append(value)
-            order.extend(idx)
-        inverse = np.argsort(np.asarray(order))
-        result = {name: np.concatenate(parts)[inverse] for name, parts in out.items()}
+        parts = [(idx, runner.infer(feeds)) for idx, feeds in self.encoder.batches(rows, batch_size)]
+        result = {name: in_row_order((idx, out[name]) for idx, out in parts) for name in (parts[0][1] if parts else {})}
         logits = result.get("logits")
         if logits is None or logits.ndim != 2 or logits.shape[1] != len(self.spec.labels):
             shape = None if logits is None else logits.shape

@@ -7,7 +7,7 @@ same ids and pixels.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InputError
 from ..spec import ImagePreprocessing, ModelSpec, TextPreprocessing
 
-__all__ = ["Row", "Encoder", "TextEncoder", "ImageEncoder", "encoder_for", "row_digest"]
+__all__ = ["Row", "Encoder", "TextEncoder", "ImageEncoder", "encoder_for", "row_digest", "in_row_order"]
 
 Row = dict[str, np.ndarray]
 MAX_TOKENIZER_BYTES = 256 << 20
@@ -29,6 +29,17 @@ def row_digest(row: Row) -> bytes:
         h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
         h.update(a.tobytes())
     return h.digest()
+
+
+def in_row_order(batches: Iterable[tuple[Sequence[int], np.ndarray]]) -> np.ndarray:
+    """Per-batch results ``(row indices, values)`` stacked back into row order (``Encoder.batches``
+    may reorder rows, e.g. by length)."""
+    order: list[int] = []
+    values = []
+    for idx, value in batches:
+        order.extend(idx)
+        values.append(value)
+    return np.concatenate(values)[np.argsort(np.asarray(order), kind="stable")]
 
 
 class Encoder:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from edgesdk.runtime.encode import in_row_order
 from edgesdk.runtime.runner import import_runtime
 
 from .base import TARGETS, Target
@@ -97,9 +98,8 @@ class TfliteTarget(Target):
 
         def logits_of(model: Path) -> np.ndarray:
             with self.runner(model, spec) as runner:
-                parts = [(idx, runner.infer(f)["logits"]) for idx, f in encoder.batches(rows, 32)]
-            order = np.argsort(np.concatenate([idx for idx, _ in parts]))
-            return np.concatenate([value for _, value in parts]).astype(np.float64)[order]
+                return in_row_order((idx, runner.infer(f)["logits"]) for idx, f in encoder.batches(rows, 32)
+                                    ).astype(np.float64)
 
         reference = logits_of(float_model)
         tried, chosen = [], ""
