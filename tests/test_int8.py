@@ -118,7 +118,6 @@ def test_effect_counts_changes_and_expects_them_from_the_margins():
 
 def test_calibration_logits_come_back_in_row_order_whatever_order_the_encoder_batches_in():
     """The encoder batches texts by length; calibration's logits (judged against labels) must not."""
-    import onnx
     from onnx import TensorProto, helper
 
     from edgesdk.calibration.onnx_run import onnx_logits
