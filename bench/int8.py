@@ -199,8 +199,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             results[f"{base}-{set_name}"] = bench_set(set_name, base, args.methods.split(","), args.rounds, Path(tmp))
         _print(f"{base}-{set_name}", results[f"{base}-{set_name}"])
-        out = write_results("int8", results)
-    print(f"\nCPU flags: {' '.join(flags)}; wrote {out}")
+        write_results("int8", results)  # after each set, so a stopped run keeps the sets it finished
+    print(f"\nCPU flags: {' '.join(flags)}; wrote {write_results('int8', results)}")
 
 
 if __name__ == "__main__":
