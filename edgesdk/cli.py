@@ -86,7 +86,9 @@ def _config(args: argparse.Namespace):
              "corpus_engine": args.corpus_engine, "corpus_processes": args.corpus_processes,
              "spark_master": args.spark_master,
              "min_token_count": args.min_token_count, "max_vocab": args.max_vocab,
-             "forced_tokens": args.forced_tokens, "min_pruning_agreement": args.min_pruning_agreement}
+             "forced_tokens": args.forced_tokens, "vocab_prior": args.vocab_prior,
+             "min_coverage": args.min_coverage, "target_agreement": args.target_agreement,
+             "min_pruning_agreement": args.min_pruning_agreement}
     config = base.replace(**given)
     if args.passes == "":
         config = config.replace(passes=())
@@ -242,10 +244,22 @@ def _convert_parser(sub: Any, choices: bool) -> None:
     v.add_argument("--corpus-processes", type=int, metavar="N",
                    help="local engine: worker processes (default: every core, for corpora over 8 MB)")
     v.add_argument("--spark-master", metavar="URL", help="spark engine: the master URL (default local[*])")
-    v.add_argument("--heldout", metavar="FILE", help="held-out texts: report how many still tokenize exactly")
+    v.add_argument("--heldout", metavar="FILE",
+                   help="held-out texts like your traffic: report how many still tokenize exactly, and size the "
+                        "vocabulary on them (default for sizing: every 10th of the corpus's first 20,000 lines)")
     v.add_argument("--min-token-count", type=int, help="keep tokens seen at least this often (default 1)")
     v.add_argument("--max-vocab", type=int, help="keep at most this many tokens (most frequent first)")
     v.add_argument("--forced-tokens", metavar="FILE", help="tokens to keep whatever the corpus, one per line")
+    v.add_argument("--min-coverage", type=float, metavar="SHARE",
+                   help="keep the smallest vocabulary under which this share of held-out texts tokenize exactly "
+                        "as before (e.g. 0.99)")
+    v.add_argument("--target-agreement", type=float, metavar="SHARE",
+                   help="keep the smallest vocabulary under which the model keeps this share of its answers on "
+                        "held-out texts (e.g. 0.99; runs the model)")
+    v.add_argument("--vocab-prior", metavar="PRIOR",
+                   help="rank pieces your corpus lacks, to add up to the size asked: 'tokenizer' (Unigram scores, "
+                        "BPE merge ranks) or 'wordfreq:LANG' (a language's frequent words; pip install "
+                        "'edgesdk[prior]')")
     v.add_argument("--min-pruning-agreement", type=float,
                    help="pruning gate: the pruned model's top-1 agreement with the original on the verification "
                         "data, judged on its 95%% lower bound (default 0.99)")

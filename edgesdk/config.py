@@ -60,6 +60,9 @@ class ConvertConfig:
     min_token_count: int | None = None
     max_vocab: int | None = None
     forced_tokens: str | None = None
+    vocab_prior: str | None = None
+    min_coverage: float | None = None
+    target_agreement: float | None = None
     min_pruning_agreement: float = 0.99
 
     def __post_init__(self) -> None:

@@ -46,8 +46,9 @@ class PruningFidelity:
         self.agree_exact += int((agree & exact).sum())
         self.agree_other += int((agree & ~exact).sum())
 
-    def result(self, heldout: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The gate: status, reason (with advice when it fails), parity figures and token figures."""
+    def result(self, pruning: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The gate: status, reason (with advice when it fails, from the pruning pass's record
+        ``pruning``), parity figures and token figures."""
         result = self.parity.result()
         other = self.texts - self.exact
         figures = {
@@ -57,12 +58,12 @@ class PruningFidelity:
         }
         reason = result.reason
         if result.status == "fail":
-            reason += "; " + _advice(figures, heldout)
+            reason += "; " + _advice(figures, pruning)
         return {"name": "pruning fidelity", "status": result.status, "reason": reason, "parity": result.to_dict(),
                 **figures}
 
 
-def _advice(figures: dict[str, Any], heldout: dict[str, Any] | None) -> str:
+def _advice(figures: dict[str, Any], pruning: dict[str, Any] | None) -> str:
     """What to do, in numbers: pruning (not the runtime) changed these answers."""
     other = figures["texts"] - figures["texts_exact"]
     text = (f"pruning, not the runtime, changed these answers: {figures['exact_share']:.0%} of the verification texts "
@@ -70,11 +71,25 @@ def _advice(figures: dict[str, Any], heldout: dict[str, Any] | None) -> str:
     if figures["agreement_exact"] is not None:
         text += f" (agreement {figures['agreement_exact']:.2%} on them"
         text += f", {figures['agreement_other']:.2%} on the {other} others)" if other else ")"
-    if heldout and heldout.get("curve"):
+    pruning = pruning or {}
+    heldout, sizing = pruning.get("heldout") or {}, pruning.get("sizing")
+    if heldout.get("curve"):
         half = next((share for fraction, share in heldout["curve"] if fraction >= 0.5), None)
         whole = heldout["curve"][-1][1]
         if half is not None and whole - half > 0.01:
             text += (f"; your held-out texts tokenize exactly at {whole:.0%} with the whole corpus and {half:.0%} "
                      "with half of it, so more corpus lines would help")
-    return (text + ": add corpus lines like this traffic (--corpus), keep rarer pieces (--min-token-count 1, "
-            "--forced-tokens), or convert without pruning (--passes fold_batchnorm,fuse_branches)")
+    wanted = (heldout.get("vocab_for_exact_share") or {}).get("0.99")
+    if wanted is not None and wanted > pruning.get("vocab_after", wanted):
+        text += (f"; keeping {wanted:,} pieces (you kept {pruning['vocab_after']:,}) makes 99% of your held-out texts "
+                 "tokenize exactly")
+    if sizing is not None and not sizing["met"]:
+        text += (f"; the sizing target ({sizing['target']}) was not reached on the held-out texts even with all "
+                 f"{sizing['ranked']:,} ranked pieces (reached {sizing['reached']:.2%})")
+    advice = "add corpus lines like this traffic (--corpus)"
+    if sizing is None:
+        advice += ", size the vocabulary to a target (--target-agreement 0.99, with --heldout texts like your traffic)"
+    if not pruning.get("prior"):
+        advice += ", add pieces your corpus lacks (--vocab-prior tokenizer or wordfreq:LANG)"
+    return (f"{text}: {advice}, keep rarer pieces (--min-token-count 1, --forced-tokens), or convert without pruning "
+            "(--passes fold_batchnorm,fuse_branches)")

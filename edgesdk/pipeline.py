@@ -405,6 +405,8 @@ def _prepare(model: Classifier, config: ConvertConfig) -> _Job:
     prune = {key: value for key, value in (("corpus", list(config.corpus)), ("heldout", config.heldout),
                                            ("min_count", config.min_token_count), ("max_vocab", config.max_vocab),
                                            ("forced_tokens", config.forced_tokens),
+                                           ("prior", config.vocab_prior), ("min_coverage", config.min_coverage),
+                                           ("target_agreement", config.target_agreement),
                                            ("processes", config.corpus_processes),
                                            ("spark_master", config.spark_master)) if value}
     if config.corpus_engine != "local":
@@ -476,18 +478,29 @@ def _model_stage(model: Classifier, job: _Job, steps: Steps, work: Path
 
     with steps.step(f"passes on {model.spec.name}: {', '.join(job.applying) or 'none apply'}") as update:
         classifier, pass_records = run_passes(model, job.pass_names, measure, job.pass_options, work, update)
+    for record in pass_records:
+        if "sizing" in record:
+            steps.note(f"  vocabulary sized: {_sizing_line(record)}")
     gates = []
     if data is not None and any(r["changed"] and not r["exact"] for r in pass_records):
         with steps.step("pruning fidelity: the pruned PyTorch model against the original") as update:
-            heldout = next((r["heldout"] for r in pass_records if "heldout" in r), None)
+            pruning = next((r for r in pass_records if r["changed"] and not r["exact"]), None)
             pruned = logits_to_file(classifier, data, work / "pruned.f32", update)
-            gates.append(_pruning_gate(model, classifier, data, reference, pruned, job.config, heldout))
+            gates.append(_pruning_gate(model, classifier, data, reference, pruned, job.config, pruning))
             reference = pruned  # runtime parity: each bundle against the model it was built from
             perturbed = {name: (items, classifier.logits(items)) for name, (items, _) in perturbed.items()}
         steps.note(f"  pruning fidelity: {gates[0]['status']} ({gates[0]['reason']})")
     if data is None:
         return classifier, pass_records, gates, None
     return classifier, pass_records, gates, _verification(classifier, data, reference, head, perturbed, work)
+
+
+def _sizing_line(record: dict[str, Any]) -> str:
+    """One line on how vocabulary pruning met its size target."""
+    sizing = record["sizing"]
+    return (f"{record['vocab_before']:,} -> {record['vocab_after']:,} pieces for {sizing['target']} on "
+            f"{sizing['heldout_texts']:,} held-out texts: {'met' if sizing['met'] else 'NOT met'} "
+            f"({sizing['reached']:.2%})")
 
 
 def _measure(classifier: Classifier, data: VerificationData, reference: ArrayFile) -> dict[str, float]:
@@ -502,13 +515,14 @@ def _measure(classifier: Classifier, data: VerificationData, reference: ArrayFil
 
 
 def _pruning_gate(model: Classifier, pruned: Classifier, data: VerificationData, original: ArrayFile,
-                  pruned_logits: ArrayFile, config: ConvertConfig, heldout: dict[str, Any] | None) -> dict[str, Any]:
-    """The pruning fidelity gate: the pruned model against the original on every verification text."""
+                  pruned_logits: ArrayFile, config: ConvertConfig, pruning: dict[str, Any] | None) -> dict[str, Any]:
+    """The pruning fidelity gate: the pruned model against the original on every verification text
+    (``pruning``: the pass's record, for advice)."""
     gate = PruningFidelity(model, pruned, config.min_pruning_agreement)
     for start, samples in data.chunks():
         stop = start + len(samples)
         gate.add(samples.items, samples.labels, original.read(start, stop), pruned_logits.read(start, stop))
-    return gate.result(heldout)
+    return gate.result(pruning)
 
 
 def _verification(classifier: Classifier, data: VerificationData, reference: ArrayFile, head: Samples,

@@ -112,6 +112,22 @@ def _corpus_curve(name: str, heldout: dict[str, Any]) -> str:
     return _png(fig)
 
 
+def _sizing_curve(name: str, sizing: dict[str, Any]) -> str:
+    """Held-out exact share (and measured agreement) against the ranked pieces kept, with the choice."""
+    fig, ax = _figure()
+    ax.plot(*zip(*sizing["coverage_curve"]), marker="o", color="#3b6ea8", label="tokenized exactly")
+    if sizing.get("agreement_measured"):
+        ax.plot(*zip(*sizing["agreement_measured"]), marker="s", ls="", color="#c0392b", label="agreement")
+    ax.axvline(sizing["pieces"], color="#555", ls="--", label=f"kept: {sizing['pieces']:,}")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(f"ranked pieces kept ({sizing['ranked_from_corpus']:,} from the corpus, then the prior's)")
+    ax.set_ylabel("share of held-out texts")
+    ax.set_title(f"{name}: vocabulary sized for {sizing['target']}")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
 def _thumbnail(image: np.ndarray) -> str:
     """A 64-pixel-wide PNG of an image sample, base64."""
     from PIL import Image
@@ -135,9 +151,11 @@ def _disagreements(figures: BundleFigures) -> list[dict[str, Any]]:
 
 def _pass_figures(record: dict[str, Any]) -> dict[str, Any]:
     """A pass's figures for the report; lists of rewrites or skips as one line per item."""
-    figures = {k: v for k, v in record.items() if k not in ("name", "changed", "heldout")}
-    if "heldout" in record:
-        figures.update({f"heldout_{k}": v for k, v in record["heldout"].items() if k != "curve"})
+    nested = ("heldout", "sizing")
+    figures = {k: v for k, v in record.items() if k not in ("name", "changed", *nested)}
+    for key in nested:
+        figures.update({f"{key}_{k}": v for k, v in record.get(key, {}).items()
+                        if k not in ("curve", "coverage_curve", "agreement_measured")})
     return {k: _readable(v) for k, v in figures.items()}
 
 
@@ -219,5 +237,7 @@ def write_report(folder: Path, spec: ModelSpec, records: list, passes: list[dict
         bundle["disagreements"] = _disagreements(figures)
     model["plots"] = {f"{p['name']} corpus curve": _corpus_curve(spec.name, p["heldout"])
                       for p in passes if "heldout" in p}
+    model["plots"].update({f"{p['name']} sizing": _sizing_curve(spec.name, p["sizing"])
+                           for p in passes if "sizing" in p})
     (folder / "report.html").write_text(render_html([model], comparison), encoding="utf-8")
     return model

@@ -28,10 +28,14 @@ from edgesdk.models import TextClassifier
 from edgesdk.runtime.bundle import file_sha256
 
 from .base import PASSES, Pass, PassResult
-from .vocab_tokenizer import bpe_closure, family, prune_tokenizer_json, required_ids, vocab_ids
+from .vocab_priors import check_prior, prior_order
+from .vocab_rank import Ranking, rank_pieces
+from .vocab_sizing import SPLIT_EVERY, SPLIT_LINES, Target, heldout_from_corpus, heldout_from_file, size_to_target
+from .vocab_tokenizer import family, prune_tokenizer_json, required_ids, vocab_ids
 
 __all__ = ["PruneVocabulary", "select_ids", "prune_embeddings", "heldout_figures"]
 
+EXACT_SHARES = (0.9, 0.95, 0.99)  # held-out exact shares whose vocabulary size the report names
 CURVE_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 _TOKEN_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id",
                     "unk_token_id", "mask_token_id", "decoder_start_token_id")
@@ -41,6 +45,20 @@ def _normalized_alphabet(tokenizer, chars: set[str]) -> set[str]:
     if tokenizer.normalizer is None:
         return chars
     return set().union(*(tokenizer.normalizer.normalize_str(c) for c in sorted(chars)), set())
+
+
+def _target(min_coverage: float | None, target_agreement: float | None, max_vocab: int | None) -> Target | None:
+    """The sizing target the options ask for, if any; refuses two at once or a share outside (0, 1]."""
+    given = {name: value for name, value in (("coverage", min_coverage), ("agreement", target_agreement))
+             if value is not None}
+    if len(given) + (max_vocab is not None) > 1:
+        raise InputError("give one of --max-vocab, --min-coverage and --target-agreement: each sets the "
+                         "vocabulary's size")
+    for name, value in given.items():
+        if not 0 < value <= 1:
+            raise InputError(f"the {name} target is a share in (0, 1], e.g. 0.99, not {value}")
+        return Target(name, value)
+    return None
 
 
 def _read_forced(path: Path, vocab: dict[str, int]) -> set[int]:
@@ -54,23 +72,22 @@ def _read_forced(path: Path, vocab: dict[str, int]) -> set[int]:
     return ids
 
 
-def select_ids(tj: dict[str, Any], counts: TokenCounts, base: set[int], max_vocab: int | None) -> list[int]:
-    """Sorted kept ids: ``base`` and the corpus ids counted ``min_count`` times, within ``max_vocab``."""
-    closure = bpe_closure(tj)
-    keep = closure(base)
-    used = np.flatnonzero(counts.counts >= counts.min_count)
+def select_ids(ranking: Ranking, max_vocab: int | None) -> list[int]:
+    """Sorted kept ids: every corpus piece, or the ranked pieces that fit in ``max_vocab``."""
     if max_vocab is None:
-        return sorted(closure(keep | set(used.tolist())))
+        return ranking.kept(ranking.corpus)
+    keep = ranking.kept(0)
     if len(keep) > max_vocab:
         raise InputError(
             f"max_vocab={max_vocab} is below the {len(keep)} tokens every text needs (special tokens, "
             "unknown token and the corpus' characters): raise it"
         )
-    for i in sorted(used.tolist(), key=lambda i: (-counts.counts[i], i)):
-        extra = closure({i}) - keep
-        if len(keep) + len(extra) <= max_vocab:
-            keep |= extra
-    return sorted(keep)
+    closure, kept = ranking.closure, set(keep)
+    for i in ranking.order:
+        extra = closure({i}) - kept
+        if len(kept) + len(extra) <= max_vocab:
+            kept |= extra
+    return sorted(kept)
 
 
 def prune_embeddings(model: nn.Module, keep: list[int], pad_id: int | None) -> nn.Module:
@@ -108,17 +125,14 @@ def prune_embeddings(model: nn.Module, keep: list[int], pad_id: int | None) -> n
     return model
 
 
-def heldout_figures(tokenizer, pruned_tokenizer, tj: dict[str, Any], counts: TokenCounts, base: set[int],
-                    keep: list[int], path: Path) -> dict[str, Any]:
-    """How held-out texts tokenize after pruning, and the exact share against corpus fraction.
+def heldout_figures(tokenizer, pruned_tokenizer, tj: dict[str, Any], counts: TokenCounts, ranking: Ranking,
+                    keep: list[int], texts: list[str]) -> dict[str, Any]:
+    """How held-out texts tokenize after pruning, the exact share against corpus fraction, and
+    the vocabulary sizes at which given shares of them would tokenize exactly.
 
     The endpoint is measured with the pruned tokenizer; the curve counts a text exact at a
     fraction of the corpus when all its ids are kept by pruning on that first fraction.
     """
-    texts = [line.rpartition("\t")[0] if "\t" in line else line for _, line in read_text_lines(Path(path))]
-    texts = [t for t in texts if t.strip()]
-    if not texts:
-        raise InputError(f"held-out file {path} holds no text")
     before = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
     after = [e.ids for e in pruned_tokenizer.encode_batch(texts, add_special_tokens=False)]
     new_id = np.full(len(counts.counts), -1, np.int64)
@@ -126,19 +140,22 @@ def heldout_figures(tokenizer, pruned_tokenizer, tj: dict[str, Any], counts: Tok
     exact = [list(new_id[b]) == a for b, a in zip(before, after)]
     unk = _unk(tj)
     unk_old, unk_new = (None, None) if unk is None else (tokenizer.token_to_id(unk), pruned_tokenizer.token_to_id(unk))
-    curve, closure = [], bpe_closure(tj)
+    curve = []
     for fraction in CURVE_FRACTIONS:
         reached = set(np.flatnonzero(counts.reached_at <= fraction * counts.lines).tolist())
         kept = np.zeros(len(counts.counts), bool)
-        kept[sorted(closure(base | reached))] = True
+        kept[sorted(ranking.closure(ranking.base | reached))] = True
         curve.append([fraction, float(np.mean([kept[b].all() for b in before]))])
+    needs = ranking.needs(before)
+    sizes = {f"{share:g}": (None if k is None else len(ranking.kept(k)))
+             for share in EXACT_SHARES for k in [Ranking.smallest_for_coverage(needs, share)]}
     return {
-        "file": _file_entry(path),
         "texts": len(texts),
         "exact_share": float(np.mean(exact)),
         "unk_rate_before": _rate(before, unk_old),
         "unk_rate_after": _rate(after, unk_new),
         "curve": curve,
+        "vocab_for_exact_share": sizes,
     }
 
 
@@ -188,11 +205,17 @@ class PruneVocabulary(Pass):
 
     def __init__(self, corpus: list[str | Path] | None = None, min_count: int = 1, max_vocab: int | None = None,
                  forced_tokens: str | Path | None = None, heldout: str | Path | None = None, engine: str = "local",
-                 processes: int | None = None, spark_master: str | None = None) -> None:
+                 processes: int | None = None, spark_master: str | None = None, prior: str | None = None,
+                 min_coverage: float | None = None, target_agreement: float | None = None) -> None:
         if min_count < 1:
             raise InputError(f"min_count must be at least 1, not {min_count}")
         if max_vocab is not None and max_vocab < 1:
             raise InputError(f"max_vocab must be a positive number of tokens, not {max_vocab}")
+        self.target = _target(min_coverage, target_agreement, max_vocab)
+        if prior is not None and max_vocab is None and self.target is None:
+            raise InputError(f"the prior {prior!r} adds pieces up to a size: give --max-vocab, --min-coverage "
+                             "or --target-agreement")
+        check_prior(prior)
         check_engine(engine, processes)
         self.corpus = parse_sources(list(corpus or []), urls=engine == "spark")
         for path in (Path(p) for p in (forced_tokens, heldout) if p is not None):
@@ -201,6 +224,7 @@ class PruneVocabulary(Pass):
         self.min_count, self.max_vocab = min_count, max_vocab
         self.forced_tokens = forced_tokens
         self.heldout = heldout
+        self.prior = prior
         self.engine = {"engine": engine, "processes": processes, "master": spark_master}
 
     def applies_to(self, classifier: Any) -> bool:
@@ -217,6 +241,7 @@ class PruneVocabulary(Pass):
         if self.workdir is None:
             raise InputError("prune_vocabulary needs a workdir (set pass.workdir) for the pruned tokenizer.json")
         start = time.perf_counter()
+        self.workdir.mkdir(parents=True, exist_ok=True)
         tj = json.loads(Path(classifier.tokenizer_file).read_text(encoding="utf-8"))
         kind = family(tj)
         tokenizer = open_tokenizer(classifier.tokenizer_file)
@@ -227,12 +252,24 @@ class PruneVocabulary(Pass):
                              "the tokenizer belongs to another model")
         counts = count_corpus(tokenizer, self.corpus, self.min_count, progress=self.progress, **self.engine)
         pre = classifier.spec.preprocessing
-        base = required_ids(tj, _normalized_alphabet(tokenizer, counts.chars)) | {pre.pad_id}
+        alphabet = _normalized_alphabet(tokenizer, counts.chars)
+        base = required_ids(tj, alphabet) | {pre.pad_id}
         if self.forced_tokens is not None:
             base |= _read_forced(Path(self.forced_tokens), vocab_ids(tj))
-        keep = select_ids(tj, counts, base, self.max_vocab)
+        prior = None if self.prior is None else prior_order(self.prior, tj, tokenizer, counts.chars | alphabet)
+        heldout = None if self.heldout is None else heldout_from_file(Path(self.heldout))
+        sizing_texts = heldout
+        if self.target is not None and heldout is None:
+            sizing_texts = heldout_from_corpus(tokenizer, self.corpus, counts)
+        ranking = rank_pieces(tj, counts, base, prior)
+        if self.target is None:
+            keep, sizing = select_ids(ranking, self.max_vocab), None
+        else:
+            k, sizing = size_to_target(classifier, tokenizer, tj, ranking, sizing_texts, self.target, self.workdir)
+            sizing["heldout"] = "--heldout" if heldout is not None else \
+                f"every {SPLIT_EVERY}th of the corpus's first {SPLIT_LINES} documents, kept out of the counts"
+            keep = ranking.kept(k)
         pruned_tj = prune_tokenizer_json(tj, keep)
-        self.workdir.mkdir(parents=True, exist_ok=True)
         tokenizer_file = self.workdir / "tokenizer.json"
         tokenizer_file.write_text(json.dumps(pruned_tj, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
         model = prune_embeddings(classifier.model, keep, pre.pad_id)
@@ -241,9 +278,15 @@ class PruneVocabulary(Pass):
                                      spec=dataclasses.replace(classifier.spec, preprocessing=new_pre))
         notes = {"family": kind, "vocab_before": size, "vocab_after": len(keep), "embedding_rows_before": rows,
                  **_size_figures(classifier, pruned), **self._corpus_figures(counts, keep)}
-        if self.heldout is not None:
-            notes["heldout"] = heldout_figures(tokenizer, open_tokenizer(tokenizer_file), tj, counts, base, keep,
-                                               Path(self.heldout))
+        if self.prior is not None:
+            notes["prior"] = {"name": self.prior, "pieces": len(ranking) - ranking.corpus,
+                              "kept": len(set(keep) - set(ranking.kept(ranking.corpus)))}
+        if sizing is not None:
+            notes["sizing"] = sizing
+        if heldout is not None:
+            notes["heldout"] = {"file": _file_entry(Path(self.heldout)),
+                                **heldout_figures(tokenizer, open_tokenizer(tokenizer_file), tj, counts, ranking,
+                                                  keep, heldout)}
         notes["timing"] = {"seconds": time.perf_counter() - start,
                            "lines_per_s": counts.lines / max(counts.seconds, 1e-9)}
         return PassResult(pruned, True, notes)

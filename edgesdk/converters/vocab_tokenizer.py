@@ -21,7 +21,7 @@ from typing import Any
 
 from edgesdk.errors import InputError
 
-__all__ = ["FAMILIES", "family", "vocab_ids", "required_ids", "bpe_closure", "prune_tokenizer_json"]
+__all__ = ["FAMILIES", "family", "vocab_ids", "required_ids", "bpe_closure", "bpe_merge_order", "prune_tokenizer_json"]
 
 FAMILIES = ("WordPiece", "BPE", "Unigram")
 _BYTE_FALLBACK = [f"<0x{b:02X}>" for b in range(256)]
@@ -135,6 +135,16 @@ def bpe_closure(tj: dict[str, Any]) -> Callable[[set[int]], set[int]]:
         return set(ids) | {vocab[p] for p in seen}
 
     return closure
+
+
+def bpe_merge_order(tj: dict[str, Any]) -> list[int]:
+    """A BPE vocabulary's ids: pieces no merge produces (the alphabet) first, then each piece at
+    the rank of the first merge that produces it."""
+    model = tj["model"]
+    vocab = model["vocab"]
+    merged = [vocab[p] for p in dict.fromkeys(_merged(model, a, b) for a, b in _merges(model)) if p in vocab]
+    produced = set(merged)
+    return sorted(i for i in vocab.values() if i not in produced) + merged
 
 
 def prune_tokenizer_json(tj: dict[str, Any], keep: list[int]) -> dict[str, Any]:

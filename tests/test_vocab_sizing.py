@@ -1,0 +1,120 @@
+"""A pruned vocabulary sized to a target (exact share or agreement on held-out texts), with priors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_prune_vocab import FAMILIES, HELDOUT, LINES, _prune, _write
+
+from edgesdk import TextClassifier
+from edgesdk.converters.prune_vocab import PruneVocabulary
+from edgesdk.converters.vocab_priors import prior_order
+from edgesdk.corpus import open_tokenizer
+from edgesdk.demo import topic_lines
+from edgesdk.errors import InputError
+
+PRIOR = {"WordPiece": "wordfreq:en", "BPE": "tokenizer", "Unigram": "tokenizer"}
+
+
+@pytest.fixture(scope="module")
+def reactive_text_dir(tiny_text_dir, tmp_path_factory):
+    """The tiny BERT trained briefly on topic lines, so its answers depend on the tokens it sees."""
+    model = TextClassifier.from_pretrained(tiny_text_dir)
+    tokenizer = open_tokenizer(model.tokenizer_file)
+    data = [(text, label % 3) for text, label in topic_lines()]
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.model.parameters(), lr=3e-3)
+    model.model.train()
+    for step in range(120):
+        batch = [data[(step * 16 + i) % len(data)] for i in range(16)]
+        ids = [e.ids[:32] for e in tokenizer.encode_batch([t for t, _ in batch])]
+        width = max(map(len, ids))
+        inputs = torch.tensor([i + [0] * (width - len(i)) for i in ids])
+        loss = model.model(input_ids=inputs, attention_mask=(inputs != 0).long(),
+                           labels=torch.tensor([y for _, y in batch])).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    folder = tmp_path_factory.mktemp("reactive") / "bert"
+    model.model.eval().save_pretrained(folder)
+    (folder / "tokenizer.json").write_bytes(model.tokenizer_file.read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_min_coverage_keeps_the_smallest_vocabulary_that_tokenizes_the_share_exactly(family, request, tmp_path):
+    original = TextClassifier.from_pretrained(request.getfixturevalue(FAMILIES[family]))
+    heldout = _write(tmp_path / "heldout.txt", HELDOUT)
+    whole = _prune(original, tmp_path, "whole", heldout=heldout).notes
+    target = 0.95
+    result = _prune(original, tmp_path, "sized", heldout=heldout, min_coverage=target, prior=PRIOR[family]).notes
+    sizing = result["sizing"]
+    assert sizing["met"] and sizing["reached"] >= target
+    # measured by the pruned tokenizer itself, not by the ranking
+    assert result["heldout"]["exact_share"] >= target > whole["heldout"]["exact_share"]
+    assert result["prior"]["kept"] > 0 and result["vocab_after"] < result["vocab_before"]
+    # the smallest: one ranked piece fewer and the share is not reached
+    curve = dict(map(tuple, sizing["coverage_curve"]))
+    assert all(share < target for k, share in curve.items() if k < sizing["pieces"])
+    fewer = _prune(original, tmp_path, "fewer", heldout=heldout, min_coverage=target - 0.05,
+                   prior=PRIOR[family]).notes
+    assert fewer["vocab_after"] <= result["vocab_after"]
+
+
+def test_target_agreement_is_what_the_pruned_model_keeps(reactive_text_dir, tmp_path):
+    original = TextClassifier.from_pretrained(reactive_text_dir)
+    texts = LINES[150:]
+    heldout = _write(tmp_path / "heldout.txt", texts)
+    target = 0.97
+    result = _prune(original, tmp_path, "sized", heldout=heldout, target_agreement=target, prior="wordfreq:en")
+    sizing = result.notes["sizing"]
+    answers = original.logits(texts).argmax(1)
+    kept = float(np.mean(result.classifier.logits(texts).argmax(1) == answers))
+    assert kept == pytest.approx(sizing["reached"]) and kept >= target and sizing["met"]
+    assert sizing["reached"] < 1 or sizing["pieces"] == 0  # a target that pruning actually approaches
+    assert all(value < target for k, value in sizing["agreement_measured"] if k < sizing["pieces"])
+    coverage = _prune(original, tmp_path, "coverage", heldout=heldout, min_coverage=target, prior="wordfreq:en")
+    assert result.notes["vocab_after"] <= coverage.notes["vocab_after"]  # exact texts always agree
+
+
+def test_sizing_without_heldout_holds_part_of_the_corpus_out(tiny_xlmr_dir, tmp_path):
+    original = TextClassifier.from_pretrained(tiny_xlmr_dir)
+    p = PruneVocabulary([_write(tmp_path / "corpus.txt", LINES)], min_coverage=1.0)
+    p.workdir = tmp_path / "run"
+    sizing = p(original).notes["sizing"]
+    assert sizing["heldout_texts"] == len(LINES) // 10 and "kept out of the counts" in sizing["heldout"]
+    # every corpus piece kept, yet not every held-out line is exact: their own pieces were not counted
+    assert sizing["pieces"] == sizing["ranked"] and not sizing["met"] and 0 < sizing["reached"] < 1
+    with pytest.raises(InputError, match="the corpus has 150 documents: too few"):
+        _prune(original, tmp_path, "small", min_coverage=0.5)
+
+
+def test_a_prior_ranks_only_pieces_in_the_corpus_script(tiny_xlmr_dir):
+    tokenizer_file = tiny_xlmr_dir / "tokenizer.json"
+    tj = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+    order = prior_order("tokenizer", tj, open_tokenizer(tokenizer_file), set("abcdefghijklmnopqrstuvwxyz"))
+    pieces = [tj["model"]["vocab"][i][0] for i in order]
+    assert pieces and all(set(p.replace("▁", "")) <= set("abcdefghijklmnopqrstuvwxyz") for p in pieces)
+    scores = [tj["model"]["vocab"][i][1] for i in order]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"min_coverage": 1.5}, r"share in \(0, 1\]"),
+    ({"min_coverage": 0.9, "target_agreement": 0.9}, "give one of"),
+    ({"max_vocab": 5000, "min_coverage": 0.9}, "give one of"),
+    ({"prior": "tokenizer"}, "adds pieces up to a size"),
+    ({"prior": "zipf", "min_coverage": 0.9}, "unknown vocabulary prior 'zipf'"),
+    ({"prior": "wordfreq:xx", "min_coverage": 0.9}, "wordfreq has no word list for 'xx'"),
+])
+def test_bad_sizing_options_are_refused(tiny_text_dir, tmp_path, options, message):
+    with pytest.raises(InputError, match=message):
+        _prune(TextClassifier.from_pretrained(tiny_text_dir), tmp_path, **options)
+
+
+def test_wordpiece_has_no_tokenizer_prior(tiny_text_dir, tmp_path):
+    with pytest.raises(InputError, match="WordPiece tokenizer keeps no piece statistics"):
+        _prune(TextClassifier.from_pretrained(tiny_text_dir), tmp_path, min_coverage=0.9, prior="tokenizer")
