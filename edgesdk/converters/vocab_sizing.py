@@ -31,7 +31,7 @@ from edgesdk.runtime.encode import TextEncoder
 from .vocab_rank import Ranking
 from .vocab_tokenizer import prune_tokenizer_json
 
-__all__ = ["Target", "heldout_from_file", "heldout_from_corpus", "size_to_target"]
+__all__ = ["Target", "heldout_from_file", "heldout_from_corpus", "size_to_target", "agreement_by_size"]
 
 SPLIT_LINES, SPLIT_EVERY = 20_000, 10  # the corpus split: every 10th of the first 20,000 documents
 MIN_SPLIT_TEXTS = 20
@@ -85,7 +85,7 @@ def size_to_target(classifier: TextClassifier, tokenizer: Any, tj: dict[str, Any
         k = len(ranking) if enough is None else enough
         reached = float(np.mean(needs <= k))
     else:
-        agreement_at = _agreement(classifier, tj, ranking, texts, needs, workdir)
+        agreement_at = agreement_by_size(classifier, tj, ranking, texts, needs, workdir)
         high = len(ranking) if enough is None else enough
         k, measured = _bisect(agreement_at, target.value, 0, high)
         figures["agreement_measured"] = measured
@@ -96,8 +96,8 @@ def size_to_target(classifier: TextClassifier, tokenizer: Any, tj: dict[str, Any
     return k, figures
 
 
-def _agreement(classifier: TextClassifier, tj: dict[str, Any], ranking: Ranking, texts: list[str],
-               needs: np.ndarray, workdir: Path) -> Callable[[int], float]:
+def agreement_by_size(classifier: TextClassifier, tj: dict[str, Any], ranking: Ranking, texts: list[str],
+                      needs: np.ndarray, workdir: Path) -> Callable[[int], float]:
     """k -> top-1 agreement of the model pruned to k ranked pieces with the original on ``texts``."""
     original = classifier.encoder()
     with torch.inference_mode():

@@ -156,20 +156,22 @@ def prune_tokenizer_json(tj: dict[str, Any], keep: list[int]) -> dict[str, Any]:
             raise InputError(f"token id {old} is used by the tokenizer's configuration but was not kept")
         return new_id[old]
 
-    out = copy.deepcopy(tj)
-    model = out["model"]
+    out = copy.deepcopy({key: value for key, value in tj.items() if key != "model"})
+    model = out["model"] = copy.deepcopy({key: value for key, value in tj["model"].items()
+                                          if key not in ("vocab", "merges")})
+    source = tj["model"]
     if model["type"] == "Unigram":
-        size = len(model["vocab"])
-        model["vocab"] = [model["vocab"][i] for i in keep if i < size]
+        size = len(source["vocab"])
+        model["vocab"] = [list(source["vocab"][i]) for i in keep if i < size]
         if model.get("unk_id") is not None:
             model["unk_id"] = remap(model["unk_id"])
     else:
-        piece = {i: p for p, i in model["vocab"].items()}
+        piece = {i: p for p, i in source["vocab"].items()}
         model["vocab"] = {piece[i]: new_id[i] for i in keep if i in piece}
         if model["type"] == "BPE":
             kept = model["vocab"]
             model["merges"] = [
-                m for m, (a, b) in zip(model.get("merges", []), _merges(tj["model"]))
+                copy.copy(m) for m, (a, b) in zip(source.get("merges", []), _merges(source))
                 if a in kept and b in kept and _merged(model, a, b) in kept
             ]
     for token in out.get("added_tokens", []):
