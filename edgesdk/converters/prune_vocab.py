@@ -6,6 +6,10 @@ text needs to tokenize (``vocab_tokenizer.required_ids``), rewrites tokenizer.js
 vocabulary-sized weight (input embedding, tied or untied output embedding and bias),
 found from the model's own ``get_input_embeddings``. Corpus texts then tokenize to the old
 ids renumbered, so the pruned model gives the same logits on them.
+
+A size can be asked for instead: a cap (``max_vocab``) or a target on held-out texts
+(``min_coverage``, ``target_agreement``: ``vocab_sizing``), filled from a ranking of pieces
+(``vocab_rank``) that a prior extends beyond the corpus (``vocab_priors``).
 """
 
 from __future__ import annotations
@@ -237,6 +241,23 @@ class PruneVocabulary(Pass):
                 "corpus_coverage": float(counts.counts[keep].sum() / max(counts.tokens, 1)),
                 "min_count": self.min_count, "max_vocab": self.max_vocab, "corpus_engine": self.engine["engine"]}
 
+    def _choose(self, classifier: TextClassifier, tokenizer: Any, tj: dict[str, Any], counts: TokenCounts,
+                base: set[int], alphabet: set[str], heldout: list[str] | None
+                ) -> tuple[Ranking, list[int], dict[str, Any] | None]:
+        """The ranking, the kept ids (every corpus piece, what fits the cap, or what the target
+        needs) and, for a target, the sizing figures."""
+        prior = None if self.prior is None else prior_order(self.prior, tj, tokenizer, counts.chars | alphabet)
+        texts = heldout
+        if self.target is not None and heldout is None:
+            texts = heldout_from_corpus(tokenizer, self.corpus, counts)
+        ranking = rank_pieces(tj, counts, base, prior)
+        if self.target is None:
+            return ranking, select_ids(ranking, self.max_vocab), None
+        k, sizing = size_to_target(classifier, tokenizer, tj, ranking, texts, self.target, self.workdir)
+        sizing["heldout"] = "--heldout" if heldout is not None else \
+            f"every {SPLIT_EVERY}th of the corpus's first {SPLIT_LINES} documents, kept out of the counts"
+        return ranking, ranking.kept(k), sizing
+
     def __call__(self, classifier: TextClassifier) -> PassResult:
         if self.workdir is None:
             raise InputError("prune_vocabulary needs a workdir (set pass.workdir) for the pruned tokenizer.json")
@@ -256,19 +277,8 @@ class PruneVocabulary(Pass):
         base = required_ids(tj, alphabet) | {pre.pad_id}
         if self.forced_tokens is not None:
             base |= _read_forced(Path(self.forced_tokens), vocab_ids(tj))
-        prior = None if self.prior is None else prior_order(self.prior, tj, tokenizer, counts.chars | alphabet)
         heldout = None if self.heldout is None else heldout_from_file(Path(self.heldout))
-        sizing_texts = heldout
-        if self.target is not None and heldout is None:
-            sizing_texts = heldout_from_corpus(tokenizer, self.corpus, counts)
-        ranking = rank_pieces(tj, counts, base, prior)
-        if self.target is None:
-            keep, sizing = select_ids(ranking, self.max_vocab), None
-        else:
-            k, sizing = size_to_target(classifier, tokenizer, tj, ranking, sizing_texts, self.target, self.workdir)
-            sizing["heldout"] = "--heldout" if heldout is not None else \
-                f"every {SPLIT_EVERY}th of the corpus's first {SPLIT_LINES} documents, kept out of the counts"
-            keep = ranking.kept(k)
+        ranking, keep, sizing = self._choose(classifier, tokenizer, tj, counts, base, alphabet, heldout)
         pruned_tj = prune_tokenizer_json(tj, keep)
         tokenizer_file = self.workdir / "tokenizer.json"
         tokenizer_file.write_text(json.dumps(pruned_tj, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
