@@ -185,4 +185,5 @@ def test_pruning_gate_fails_with_advice_while_runtime_parity_passes(tiny_text_di
     (gate,) = json.loads((out / "report.json").read_text())["models"][0]["gates"]
     assert gate["status"] == "fail" and gate["texts_exact"] < 0.1 * gate["texts"]
     assert gate["parity"]["agreement_lower"] < 0.9999 and "add corpus lines" in gate["reason"]
+    assert "--target-agreement 0.99" in gate["reason"] and "--vocab-prior" in gate["reason"]
     assert "Model gates" in (out / "report.html").read_text()

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from test_prune_vocab import FAMILIES, HELDOUT, LINES, _prune, _write
 
 from edgesdk import TextClassifier
@@ -118,3 +119,20 @@ def test_bad_sizing_options_are_refused(tiny_text_dir, tmp_path, options, messag
 def test_wordpiece_has_no_tokenizer_prior(tiny_text_dir, tmp_path):
     with pytest.raises(InputError, match="WordPiece tokenizer keeps no piece statistics"):
         _prune(TextClassifier.from_pretrained(tiny_text_dir), tmp_path, min_coverage=0.9, prior="tokenizer")
+
+
+def test_cli_sizes_the_vocabulary_and_reports_it(reactive_text_dir, tmp_path):
+    corpus = _write(tmp_path / "corpus.txt", LINES[:150])
+    held = _write(tmp_path / "held.txt", LINES[150:])
+    val = _write(tmp_path / "val.tsv", [f"{t}\tneg" for t in LINES[150:]])
+    out = tmp_path / "dist"
+    r = run_cli("convert", "--model", str(reactive_text_dir), "--out", str(out), "--verify-on", str(val),
+                "--corpus", str(corpus), "--heldout", str(held), "--target-agreement", "0.97",
+                "--vocab-prior", "wordfreq:en")
+    assert r.returncode in (0, 1), r.stderr  # 1: the pruning gate's bound on ~200 texts may miss 99%
+    assert "vocabulary sized:" in r.stderr and "agreement >= 97.00%" in r.stderr
+    manifest = json.loads((out / "onnx-fp32" / "manifest.json").read_text())
+    (record,) = [p for p in manifest["passes"] if p["name"] == "prune_vocabulary"]
+    assert record["sizing"]["met"] and record["prior"]["name"] == "wordfreq:en"
+    assert manifest["config"]["target_agreement"] == 0.97 and manifest["config"]["vocab_prior"] == "wordfreq:en"
+    assert "sizing" in (out / "report.html").read_text()
