@@ -6,16 +6,17 @@ language's SIB-200 train split; English also 2,000 and 10,000 lines, topped up w
 sentences, as SIB-200 has 701 per language), three ways to prune:
 
 - ``corpus``: the corpus's pieces only (edgesdk's default);
-- ``tokenizer`` / ``wordfreq``: the vocabulary sized by ``--target-agreement`` with that
-  prior, on the language's dev split (99 texts) as ``--heldout``.
+- ``tokenizer`` / ``wordfreq`` / ``wordfreq+tokenizer``: the vocabulary sized by
+  ``--target-agreement`` with that prior, on the language's dev split (99 texts) as
+  ``--heldout``.
 
 Each row: bytes against fp32, held-out exact-tokenization share and top-1 agreement with
 the unpruned model on the language's test split (204 texts, never used for sizing).
-``--scan`` also checks the sizing search against a scan of agreement over vocabulary sizes
-(``agreement_by_size``, on the test split): the size chosen for 99% against the smallest
-scanned size that meets it.
+For the ``--scan`` languages, the sizing search is checked against a scan of agreement over
+20 vocabulary sizes (``agreement_by_size``, on the test split): the size it picks when
+sized on the test split itself, against the smallest scanned size that meets the target.
 
-Usage: python bench/vocab_fidelity.py [--languages spa_Latn,...] [--target 0.99] [--scan]
+Usage: python bench/vocab_fidelity.py [--languages spa_Latn,...] [--target 0.99] [--scan LANGS]
 Writes bench/results/vocab_fidelity.json after each language.
 """
 
@@ -79,6 +80,15 @@ def _row(original: TextClassifier, answers: np.ndarray, test: list[str], work: P
     return row
 
 
+def _priors(language: str) -> dict[str, str]:
+    """The priors a language's sized runs use, by name in the table."""
+    priors = {"tokenizer": "tokenizer"}
+    if language in WORDFREQ:
+        words = f"wordfreq:{WORDFREQ[language]}"
+        priors.update({"wordfreq": words, "wordfreq+tokenizer": f"{words},tokenizer"})
+    return priors
+
+
 def _exact_share(original: TextClassifier, pruned: TextClassifier, texts: list[str]) -> float:
     """The share of ``texts`` the pruned tokenizer splits exactly as the original does."""
     old, new = open_tokenizer(original.tokenizer_file), open_tokenizer(pruned.tokenizer_file)
@@ -89,7 +99,8 @@ def _exact_share(original: TextClassifier, pruned: TextClassifier, texts: list[s
 
 def _scan(original: TextClassifier, corpus: Path, prior: str, test: list[str], target: float, work: Path,
           chosen_vocab: int) -> dict:
-    """Agreement on ``test`` at 40 sizes of the ranking, and the smallest size that meets ``target``."""
+    """Agreement on ``test`` at 20 sizes of the ranking, the smallest size that meets ``target``,
+    and ``chosen_vocab``, the size the sizing search picked on ``test``."""
     tj = json.loads(Path(original.tokenizer_file).read_text(encoding="utf-8"))
     tokenizer = open_tokenizer(original.tokenizer_file)
     counts = count_corpus(tokenizer, parse_sources([corpus]))
@@ -98,7 +109,7 @@ def _scan(original: TextClassifier, corpus: Path, prior: str, test: list[str], t
     ranking = rank_pieces(tj, counts, base, prior_order(prior, tj, tokenizer, alphabet))
     needs = ranking.needs([e.ids for e in tokenizer.encode_batch(test, add_special_tokens=False)])
     at = agreement_by_size(original, tj, ranking, test, needs, work)
-    sizes = np.unique(np.linspace(0, len(ranking), 41).astype(int))
+    sizes = np.unique(np.linspace(0, len(ranking), 21).astype(int))
     curve = [[len(ranking.kept(int(k))), at(int(k))] for k in sizes]
     smallest = next((vocab for vocab, value in curve if value >= target), None)
     return {"curve": curve, "smallest_scanned_vocab": smallest, "chosen_vocab": chosen_vocab}
@@ -108,8 +119,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--languages", default="spa_Latn,arb_Arab,rus_Cyrl,hin_Deva,zho_Hans,eng_Latn")
     parser.add_argument("--target", type=float, default=0.99)
-    parser.add_argument("--scan", action="store_true", help="check the sizing search against a scan")
+    parser.add_argument("--scan", default="spa_Latn,arb_Arab",
+                        help="languages whose wordfreq+tokenizer sizing is checked against a scan ('' for none)")
     args = parser.parse_args()
+    scan = set(args.scan.split(","))
     torch.set_num_threads(2)
     original = TextClassifier.from_pretrained(finetuned("sib200", "e5"), max_length=128)
     results: dict = {"cpu_flags": cpu_flags(), "model": "multilingual-e5-small fine-tuned on SIB-200 "
@@ -125,16 +138,17 @@ def main() -> None:
             sizes = (500, 701, 2000, 10000) if language == "eng_Latn" else (500, 701)
             for lines in sizes:
                 corpus = _write(work / f"{language}-{lines}.txt", _corpus(language, lines))
-                priors = ["tokenizer"] + ([f"wordfreq:{WORDFREQ[language]}"] if language in WORDFREQ else [])
                 runs: dict[str, dict] = {"corpus": {}}
-                for prior in priors:
-                    runs[prior.split(":")[0]] = {"heldout": dev, "prior": prior, "target_agreement": args.target}
+                for way, prior in _priors(language).items():
+                    runs[way] = {"heldout": dev, "prior": prior, "target_agreement": args.target}
                 for way, options in runs.items():
                     row = _row(original, answers, test, work, f"{language}-{lines}-{way}", corpus=[corpus],
                                **options)
-                    if args.scan and way != "corpus" and lines == 701:
+                    if language in scan and way == "wordfreq+tokenizer" and lines == 701:
+                        on_test = _row(original, answers, test, work, f"{language}-on-test", corpus=[corpus],
+                                       **{**options, "heldout": _write(work / f"{language}-test.txt", test)})
                         row["scan"] = _scan(original, corpus, options["prior"], test, args.target, work,
-                                            row["vocab"])
+                                            on_test["vocab"])
                     results["rows"].append({"language": language, "corpus_lines": lines, "way": way, **row})
                     table.append([language, lines, way, f"{row['vocab']:,}", f"{row['bytes_ratio']:.1%}",
                                   f"{row['exact']:.1%}", f"{row['agreement']:.2%}", f"{row['seconds']:.0f}"])

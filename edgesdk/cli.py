@@ -258,8 +258,8 @@ def _convert_parser(sub: Any, choices: bool) -> None:
                         "held-out texts (e.g. 0.99; runs the model)")
     v.add_argument("--vocab-prior", metavar="PRIOR",
                    help="rank pieces your corpus lacks, to add up to the size asked: 'tokenizer' (Unigram scores, "
-                        "BPE merge ranks) or 'wordfreq:LANG' (a language's frequent words; pip install "
-                        "'edgesdk[prior]')")
+                        "BPE merge ranks), 'wordfreq:LANG' (a language's frequent words; pip install "
+                        "'edgesdk[prior]'), or both in turn ('wordfreq:es,tokenizer')")
     v.add_argument("--min-pruning-agreement", type=float,
                    help="pruning gate: the pruned model's top-1 agreement with the original on the verification "
                         "data, judged on its 95%% lower bound (default 0.99)")

@@ -17,7 +17,7 @@ from edgesdk.corpus import open_tokenizer
 from edgesdk.demo import topic_lines
 from edgesdk.errors import InputError
 
-PRIOR = {"WordPiece": "wordfreq:en", "BPE": "tokenizer", "Unigram": "tokenizer"}
+PRIOR = {"WordPiece": "wordfreq:en", "BPE": "tokenizer", "Unigram": "wordfreq:en,tokenizer"}
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +110,7 @@ def test_a_prior_ranks_only_pieces_in_the_corpus_script(tiny_xlmr_dir):
     ({"prior": "tokenizer"}, "adds pieces up to a size"),
     ({"prior": "zipf", "min_coverage": 0.9}, "unknown vocabulary prior 'zipf'"),
     ({"prior": "wordfreq:xx", "min_coverage": 0.9}, "wordfreq has no word list for 'xx'"),
+    ({"prior": "tokenizer,", "min_coverage": 0.9}, "unknown vocabulary prior ''"),
 ])
 def test_bad_sizing_options_are_refused(tiny_text_dir, tmp_path, options, message):
     with pytest.raises(InputError, match=message):

@@ -8,8 +8,9 @@ like the corpus will need them.
   40 languages, offline), tokenized with the original tokenizer; a piece scores the summed
   frequency of the words that use it.
 
-Only pieces written in the corpus's characters are ranked, so a Spanish corpus does not buy
-Cyrillic pieces.
+Priors chain: ``wordfreq:es,tokenizer`` ranks the word list's pieces first, then the
+tokenizer's. Only pieces written in the corpus's characters are ranked, so a Spanish corpus
+does not buy Cyrillic pieces.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ from .vocab_tokenizer import bpe_merge_order, vocab_ids
 __all__ = ["PRIORS", "check_prior", "prior_order"]
 
 PRIORS = ("tokenizer", "wordfreq:LANG")
-WORDFREQ_WORDS = 50_000
+WORDFREQ_WORDS = 200_000
 
 
 def check_prior(spec: str | None) -> None:
     """Refuse an unknown prior or a wordfreq language the package lacks, before any work."""
-    if spec is None:
-        return
+    for one in [] if spec is None else spec.split(","):
+        _check_one(one)
+
+
+def _check_one(spec: str) -> None:
     name, _, language = spec.partition(":")
     if name == "tokenizer" and not language:
         return
@@ -49,9 +53,13 @@ def check_prior(spec: str | None) -> None:
 
 
 def prior_order(spec: str, tj: dict[str, Any], tokenizer: Any, alphabet: set[str]) -> list[int]:
-    """Ids ranked by the prior ``spec`` (most needed first), only those written in ``alphabet``."""
-    name, _, language = spec.partition(":")
-    ids = _tokenizer_order(tj) if name == "tokenizer" else _wordfreq_order(tj, tokenizer, language)
+    """Ids ranked by the priors of ``spec`` in turn (most needed first), only those written in
+    ``alphabet``; an id comes at its first place."""
+    ids: list[int] = []
+    for one in spec.split(","):
+        name, _, language = one.partition(":")
+        ids += _tokenizer_order(tj) if name == "tokenizer" else _wordfreq_order(tj, tokenizer, language)
+    ids = list(dict.fromkeys(ids))
     text = _piece_text(tj)
     allowed = set(alphabet) | {" "}
     return [i for i in ids if set(text(i)) <= allowed]
