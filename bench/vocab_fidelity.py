@@ -16,7 +16,7 @@ For the ``--scan`` languages, the sizing search is checked against a scan of agr
 20 vocabulary sizes (``agreement_by_size``, on the test split): the size it picks when
 sized on the test split itself, against the smallest scanned size that meets the target.
 
-Usage: python bench/vocab_fidelity.py [--languages spa_Latn,...] [--target 0.99] [--scan LANGS]
+Usage: python bench/vocab_fidelity.py [--languages spa_Latn,...] [--target 0.99] [--scan LANGS] [--resume]
 Writes bench/results/vocab_fidelity.json after each language.
 """
 
@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED_DATA, cpu_flags, print_table, write_results  # noqa: E402
 from finetune import SIB_LANGUAGES, finetuned, sib200  # noqa: E402
 
+RESULTS = Path(__file__).resolve().parent / "results" / "vocab_fidelity.json"
 WORDFREQ = {"eng_Latn": "en", "spa_Latn": "es", "arb_Arab": "ar", "rus_Cyrl": "ru", "hin_Deva": "hi",
             "zho_Hans": "zh", "deu_Latn": "de"}  # wordfreq has no Swahili list
 
@@ -119,6 +120,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--languages", default="spa_Latn,arb_Arab,rus_Cyrl,hin_Deva,zho_Hans,eng_Latn")
     parser.add_argument("--target", type=float, default=0.99)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows of other languages from bench/results/vocab_fidelity.json")
     parser.add_argument("--scan", default="spa_Latn,arb_Arab",
                         help="languages whose wordfreq+tokenizer sizing is checked against a scan ('' for none)")
     args = parser.parse_args()
@@ -127,7 +130,11 @@ def main() -> None:
     original = TextClassifier.from_pretrained(finetuned("sib200", "e5"), max_length=128)
     results: dict = {"cpu_flags": cpu_flags(), "model": "multilingual-e5-small fine-tuned on SIB-200 "
                      f"({', '.join(SIB_LANGUAGES)})", "target_agreement": args.target, "rows": []}
-    table = []
+    if args.resume and RESULTS.is_file():  # keep the languages an earlier run finished
+        results["rows"] = [r for r in json.loads(RESULTS.read_text())["rows"]
+                           if r["language"] not in args.languages.split(",")]
+    table = [[r["language"], r["corpus_lines"], r["way"], f"{r['vocab']:,}", f"{r['bytes_ratio']:.1%}",
+              f"{r['exact']:.1%}", f"{r['agreement']:.2%}", f"{r['seconds']:.0f}"] for r in results["rows"]]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for language in args.languages.split(","):

@@ -79,8 +79,9 @@ def _tokenizer_order(tj: dict[str, Any]) -> list[int]:
 def _wordfreq_order(tj: dict[str, Any], tokenizer: Any, language: str) -> list[int]:
     import wordfreq
 
-    words = wordfreq.top_n_list(language, WORDFREQ_WORDS)
-    frequency = np.array([wordfreq.word_frequency(w, language) for w in words])
+    table = wordfreq.get_frequency_dict(language)  # no re-tokenizing: Chinese and Japanese need no extras
+    words = sorted(table, key=lambda w: (-table[w], w))[:WORDFREQ_WORDS]
+    frequency = np.array([table[w] for w in words])
     forms = [words] + ([[" " + w for w in words]] if _byte_level(tj) else [])
     score = np.zeros(tokenizer.get_vocab_size(with_added_tokens=True))
     for texts in forms:
