@@ -22,7 +22,7 @@ import numpy as np
 
 from edgesdk.errors import InputError
 
-from .vocab_tokenizer import bpe_merge_order, vocab_ids
+from .vocab_tokenizer import bpe_merge_order, is_byte_level, vocab_ids
 
 __all__ = ["PRIORS", "check_prior", "prior_order"]
 
@@ -82,7 +82,7 @@ def _wordfreq_order(tj: dict[str, Any], tokenizer: Any, language: str) -> list[i
     table = wordfreq.get_frequency_dict(language)  # no re-tokenizing: Chinese and Japanese need no extras
     words = sorted(table, key=lambda w: (-table[w], w))[:WORDFREQ_WORDS]
     frequency = np.array([table[w] for w in words])
-    forms = [words] + ([[" " + w for w in words]] if _byte_level(tj) else [])
+    forms = [words] + ([[" " + w for w in words]] if is_byte_level(tj) else [])
     score = np.zeros(tokenizer.get_vocab_size(with_added_tokens=True))
     for texts in forms:
         for encoding, f in zip(tokenizer.encode_batch(texts, add_special_tokens=False), frequency):
@@ -91,16 +91,12 @@ def _wordfreq_order(tj: dict[str, Any], tokenizer: Any, language: str) -> list[i
     return used[np.argsort(-score[used], kind="stable")].tolist()
 
 
-def _byte_level(tj: dict[str, Any]) -> bool:
-    return '"ByteLevel"' in repr(tj.get("pre_tokenizer")).replace("'", '"')
-
-
 def _piece_text(tj: dict[str, Any]) -> Callable[[int], str]:
     """id -> the characters a piece writes, without the family's word markers."""
     model = tj["model"]
     piece = {i: p for p, i in vocab_ids(tj).items()}
     markers = [m for m in ("▁", model.get("continuing_subword_prefix"), model.get("end_of_word_suffix")) if m]
-    decode = _byte_decoder() if _byte_level(tj) else None
+    decode = _byte_decoder() if is_byte_level(tj) else None
 
     def text(i: int) -> str:
         p = piece.get(i, "")

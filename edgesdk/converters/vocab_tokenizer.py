@@ -21,7 +21,8 @@ from typing import Any
 
 from edgesdk.errors import InputError
 
-__all__ = ["FAMILIES", "family", "vocab_ids", "required_ids", "bpe_closure", "bpe_merge_order", "prune_tokenizer_json"]
+__all__ = ["FAMILIES", "family", "vocab_ids", "required_ids", "bpe_closure", "bpe_merge_order", "is_byte_level",
+           "prune_tokenizer_json"]
 
 FAMILIES = ("WordPiece", "BPE", "Unigram")
 _BYTE_FALLBACK = [f"<0x{b:02X}>" for b in range(256)]
@@ -52,7 +53,7 @@ def _merged(model: dict[str, Any], a: str, b: str) -> str:
     return a + b[len(prefix):]
 
 
-def _is_byte_level(tj: dict[str, Any]) -> bool:
+def is_byte_level(tj: dict[str, Any]) -> bool:
     return '"ByteLevel"' in repr(tj.get("pre_tokenizer")).replace("'", '"')
 
 
@@ -89,7 +90,7 @@ def required_ids(tj: dict[str, Any], alphabet: Iterable[str]) -> set[int]:
         pieces = {model["unk_token"]} | chars | {prefix + c for c in chars}
     elif model["type"] == "BPE":
         pieces = {model.get("unk_token") or ""}
-        if _is_byte_level(tj):
+        if is_byte_level(tj):
             from tokenizers.pre_tokenizers import ByteLevel
 
             pieces |= set(ByteLevel.alphabet())
