@@ -134,3 +134,15 @@ def test_cli_sizes_the_vocabulary_and_reports_it(reactive_text_dir, tmp_path):
     assert record["sizing"]["met"] and record["prior"]["name"] == "wordfreq:en"
     assert manifest["config"]["target_agreement"] == 0.97 and manifest["config"]["vocab_prior"] == "wordfreq:en"
     assert "sizing" in (out / "report.html").read_text()
+
+
+def test_the_pruning_gate_advice_gives_the_numbers_it_has():
+    from edgesdk.fidelity import _advice
+
+    figures = {"texts": 400, "texts_exact": 100, "exact_share": 0.25, "agreement_exact": 1.0, "agreement_other": 0.88}
+    record = {"vocab_after": 6262, "prior": {"name": "tokenizer"}, "heldout": {"vocab_for_exact_share": {"0.99": 9412}},
+              "sizing": {"met": False, "target": "agreement >= 99.00%", "ranked": 80000, "reached": 0.975}}
+    advice = _advice(figures, record)
+    assert "keeping 9,412 pieces (you kept 6,262) makes 99% of your held-out texts tokenize exactly" in advice
+    assert "not reached on the held-out texts even with all 80,000 ranked pieces (reached 97.50%)" in advice
+    assert "--vocab-prior" not in advice and "--target-agreement" not in advice  # both already in use
