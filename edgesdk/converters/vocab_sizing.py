@@ -5,8 +5,8 @@ Held-out texts are the user's (``--heldout``) or, when none are given, every ten
 corpus's first lines, whose tokens are then taken out of the counts so they measure what
 the rest of the corpus generalizes to. Coverage is read off the ranking (``vocab_rank``);
 agreement runs the original model on the texts that don't tokenize exactly at a size (the
-others give the same logits), bisecting between no extra piece and the size whose exact
-share alone meets the target.
+others give the same logits; at most 5,000 held-out texts, evenly spaced), bisecting between
+no extra piece and the size whose exact share alone meets the target.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ __all__ = ["Target", "heldout_from_file", "heldout_from_corpus", "size_to_target
 
 SPLIT_LINES, SPLIT_EVERY = 20_000, 10  # the corpus split: every 10th of the first 20,000 documents
 MIN_SPLIT_TEXTS = 20
+MAX_AGREEMENT_TEXTS = 5_000  # agreement is judged on at most this many held-out texts, evenly spaced
 
 
 @dataclass(frozen=True)
@@ -78,16 +79,18 @@ def size_to_target(classifier: TextClassifier, tokenizer: Any, tj: dict[str, Any
     """How many ranked pieces to keep for ``target`` on ``texts``, and the figures of the choice."""
     before = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
     needs = ranking.needs(before)
-    enough = Ranking.smallest_for_coverage(needs, target.value)
     figures: dict[str, Any] = {"target": str(target), "heldout_texts": len(texts), "ranked": len(ranking),
                                "ranked_from_corpus": ranking.corpus}
     if target.measure == "coverage":
+        enough = Ranking.smallest_for_coverage(needs, target.value)
         k = len(ranking) if enough is None else enough
         reached = float(np.mean(needs <= k))
     else:
-        agreement_at = agreement_by_size(classifier, tj, ranking, texts, needs, workdir)
-        high = len(ranking) if enough is None else enough
-        k, measured = _bisect(agreement_at, target.value, 0, high)
+        judged = np.unique(np.linspace(0, len(texts) - 1, min(len(texts), MAX_AGREEMENT_TEXTS)).astype(int))
+        figures["agreement_texts"] = len(judged)
+        agreement_at = agreement_by_size(classifier, tj, ranking, [texts[i] for i in judged], needs[judged], workdir)
+        enough = Ranking.smallest_for_coverage(needs[judged], target.value)  # exact texts all agree
+        k, measured = _bisect(agreement_at, target.value, 0, len(ranking) if enough is None else enough)
         figures["agreement_measured"] = measured
         reached = dict(map(tuple, measured))[k]
     sizes = sorted({*np.linspace(0, len(ranking), 21).astype(int).tolist(), k})
