@@ -1,8 +1,8 @@
 """The ``edgesdk`` command: convert, verify, inspect, compare, demo.
 
-Exit codes: 0 every gate passed; 1 a parity or pruning gate failed (the bundles are written
-and the report says why); 2 bad input (the message names the problem and the fix); 3 an
-internal error (a bug: ``--debug`` shows the traceback); 130/143 interrupted.
+Exit codes: 0 every gate passed; 1 a parity or model gate (pruning, tokenization) failed (the
+bundles are written and the report says why); 2 bad input (the message names the problem and
+the fix); 3 an internal error (a bug: ``--debug`` shows the traceback); 130/143 interrupted.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ from .robustness import perturb
 from .runtime.bundle import Bundle
 from .runtime.encode import row_digest
 from .targets import TARGETS, Target
+from .tokenization import javascript_tokenization_gate
 from .verification import HEAD, ArrayFile, Verification, VerificationData, logits_to_file, model_logits, rate
 
 __all__ = ["convert", "ConversionResult", "BundleRecord", "REFERENCE_FILE", "TIMING", "without_timing"]
@@ -132,9 +133,9 @@ class ConversionResult:
     @property
     def ok(self) -> bool:
         """True when no bundle failed its parity or its build (skipped is not a failure) and every
-        model-level gate (pruning fidelity) passed."""
+        model-level gate (pruning fidelity, tokenization in JavaScript) passed or was skipped."""
         return all(b.status in ("pass", "skipped") for b in self.bundles) and all(
-            g["status"] == "pass" for g in self.gates)
+            g["status"] in ("pass", "skipped") for g in self.gates)
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,7 @@ def _padded(row: dict[str, Any], spec: Any) -> dict[str, Any]:
 
 def _build_one(target: Target, precision: str, config: ConvertConfig, classifier: Classifier, artifacts: Artifacts,
                folder: Path, verification: Verification | None, passes: list[dict[str, Any]],
-               update: Progress) -> BundleRecord:
+               gates: list[dict[str, Any]], update: Progress) -> BundleRecord:
     """Write one bundle's files and manifest, then run it in its runtime against PyTorch."""
     thresholds = config.thresholds(precision)
     folder.mkdir()
@@ -249,7 +250,7 @@ def _build_one(target: Target, precision: str, config: ConvertConfig, classifier
     if verification is not None:
         write_array_files(folder / REFERENCE_FILE, {
             "digests": verification.digests, "logits": verification.reference, "labels": verification.labels})
-    manifest = _manifest(target, precision, config, classifier, notes, passes, verification)
+    manifest = _manifest(target, precision, config, classifier, notes, passes, gates, verification)
     write_manifest(folder, {**manifest, "parity": skipped("pending", thresholds).to_dict()})
     record = BundleRecord(folder.name, target.name, precision, "skipped", "", path=folder, notes=notes)
     reason = target.parity_skip_reason()
@@ -268,9 +269,10 @@ def _build_one(target: Target, precision: str, config: ConvertConfig, classifier
 
 
 def _manifest(target: Target, precision: str, config: ConvertConfig, classifier: Classifier, notes: dict[str, Any],
-              passes: list[dict[str, Any]], verification: Verification | None) -> dict[str, Any]:
+              passes: list[dict[str, Any]], gates: list[dict[str, Any]],
+              verification: Verification | None) -> dict[str, Any]:
     """The bundle's manifest without its parity: the same bytes for the same inputs on every run
-    (timings go to report.json only)."""
+    (timings go to report.json only); ``gates`` are the model's (pruning, tokenization)."""
     return {
         "format": "edgesdk-bundle",
         "name": f"{classifier.spec.name}-{target.name}-{precision}",
@@ -282,6 +284,7 @@ def _manifest(target: Target, precision: str, config: ConvertConfig, classifier:
         "config": config.to_dict(),
         "build": without_timing(notes),
         "passes": without_timing(passes),
+        "gates": gates,
         "reference": {"file": REFERENCE_FILE, "samples": verification.count} if verification else None,
         "versions": _versions(type(target)),
     }
@@ -451,8 +454,8 @@ def convert(model: Classifier, out: str | Path, config: ConvertConfig | None = N
           tempfile.TemporaryDirectory(prefix="edgesdk-work-") as work):
         classifier, pass_records, gates, verification = _model_stage(model, job, steps, Path(work))
         artifacts = Artifacts(classifier, Path(work), steps, job.calibration, verification)
-        records = [_bundle(target, precision, job, classifier, artifacts, staging, verification, pass_records, steps)
-                   for target, precision in job.bundles]
+        records = [_bundle(target, precision, job, classifier, artifacts, staging, verification, pass_records, gates,
+                           steps) for target, precision in job.bundles]
         with steps.step("report"):
             report = write_report(staging, classifier.spec, records, pass_records, verification, gates, previous)
     out = Path(out).absolute()
@@ -464,7 +467,8 @@ def convert(model: Classifier, out: str | Path, config: ConvertConfig | None = N
 
 def _model_stage(model: Classifier, job: _Job, steps: Steps, work: Path
                  ) -> tuple[Classifier, list[dict[str, Any]], list[dict[str, Any]], Verification | None]:
-    """PyTorch's reference, the passes, the pruning gate, and the verification set, streamed."""
+    """PyTorch's reference, the passes, the model gates (pruning fidelity, tokenization in
+    JavaScript), and the verification set, streamed."""
     data, measure = job.data, None
     if data is not None:
         with steps.step(f"PyTorch reference on {data.rule()} and {model.spec.kind} perturbations") as update:
@@ -490,9 +494,21 @@ def _model_stage(model: Classifier, job: _Job, steps: Steps, work: Path
             reference = pruned  # runtime parity: each bundle against the model it was built from
             perturbed = {name: (items, classifier.logits(items)) for name, (items, _) in perturbed.items()}
         steps.note(f"  pruning fidelity: {gates[0]['status']} ({gates[0]['reason']})")
+    if data is not None and isinstance(classifier, TextClassifier):
+        with steps.step("tokenization: the browser's Tokenizers.js against Python's tokenizers"):
+            gates.append(javascript_tokenization_gate(classifier.encoder(), classifier.tokenizer_file,
+                                                      (samples.items for _, samples in data.chunks())))
+        steps.note(_tokenization_line(gates[-1]))
     if data is None:
         return classifier, pass_records, gates, None
     return classifier, pass_records, gates, _verification(classifier, data, reference, head, perturbed, work)
+
+
+def _tokenization_line(gate: dict[str, Any]) -> str:
+    """One line on the tokenization gate (its full reason is in the summary table and report)."""
+    mark = {"pass": "✓", "skipped": "–"}.get(gate["status"], "✗")
+    counts = f"{gate['texts_exact']} of {gate['texts']} texts with Python's ids" if gate["texts"] else "not checked"
+    return f"  {mark} {gate['name']}: {gate['status']} ({counts})"
 
 
 def _sizing_line(record: dict[str, Any]) -> str:
@@ -540,13 +556,14 @@ def _verification(classifier: Classifier, data: VerificationData, reference: Arr
 
 
 def _bundle(target: Target, precision: str, job: _Job, classifier: Classifier, artifacts: Artifacts, staging: Path,
-            verification: Verification | None, pass_records: list[dict[str, Any]], steps: Steps) -> BundleRecord:
+            verification: Verification | None, pass_records: list[dict[str, Any]], gates: list[dict[str, Any]],
+            steps: Steps) -> BundleRecord:
     """Build and verify one bundle; one target's failure is recorded and the others still build."""
     folder = staging / f"{target.name}-{precision}"
     try:
         with steps.step(f"bundle {folder.name}: build and verify in {target.runtime}", mark=False) as update:
             record = _build_one(target, precision, job.config, classifier, artifacts, folder, verification,
-                                pass_records, update)
+                                pass_records, gates, update)
     except Exception as e:
         log.debug("bundle %s failed", folder.name, exc_info=True)
         shutil.rmtree(folder, ignore_errors=True)

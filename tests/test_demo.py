@@ -84,7 +84,8 @@ def test_demo_writes_the_gates_as_junit(demo_out):
     suites = ET.parse(demo_out / "junit.xml").getroot()
     assert [s.get("name") for s in suites] == ["chatbot-topics", "digits-cnn"]
     assert int(suites.get("failures")) == 0 and int(suites.get("errors")) == 0
-    skipped = [c for c in suites.iter("testcase") if c.find("skipped") is not None]
+    skipped = [c for c in suites.iter("testcase") if c.find("skipped") is not None
+               and not c.get("classname").endswith(".model")]  # the browser check needs Node
     assert {c.get("classname").split(".")[1] for c in skipped} >= {"tensorrt-fp32", "tensorrt-int8"}
     assert all("no NVIDIA GPU" in c.find("skipped").get("message") or "tensorrt package" in
                c.find("skipped").get("message") or "accuracy drop" in c.get("name") for c in skipped)

@@ -182,7 +182,7 @@ def test_pruning_gate_fails_with_advice_while_runtime_parity_passes(tiny_text_di
     assert "pruning fidelity fail" in " ".join(r.stdout.split()) and "pruning, not the runtime" in r.stdout
     manifest = json.loads((out / "onnx-fp32" / "manifest.json").read_text())
     assert manifest["parity"]["status"] == "pass"  # the runtime reproduces the pruned model
-    (gate,) = json.loads((out / "report.json").read_text())["models"][0]["gates"]
+    gate, tokenization = json.loads((out / "report.json").read_text())["models"][0]["gates"]
     assert gate["status"] == "fail" and gate["texts_exact"] < 0.1 * gate["texts"]
     assert gate["parity"]["agreement_lower"] < 0.9999 and "add corpus lines" in gate["reason"]
     assert "--target-agreement 0.99" in gate["reason"] and "--vocab-prior" in gate["reason"]

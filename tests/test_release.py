@@ -40,7 +40,7 @@ def test_a_release_exits_0_and_prints_only_edgesdk_lines(release):
     assert first.returncode == EXIT_OK, first.stderr
     assert all(EDGESDK_STDERR.match(line) for line in first.stderr.splitlines()), first.stderr
     assert all(EDGESDK_STDOUT.match(line) for line in first.stdout.splitlines()), first.stdout
-    assert sum(" pass " in line for line in first.stdout.splitlines()) == len(TARGETS)
+    assert sum(" pass " in line and "-fp32 " in line for line in first.stdout.splitlines()) == len(TARGETS)
 
 
 def test_a_replayed_config_gives_byte_identical_manifests(release):
@@ -65,7 +65,7 @@ def test_json_summary_junit_file_and_baseline(release):
     assert suite.tag == "testsuites" and int(suite.get("failures")) == 0 and int(suite.get("errors")) == 0
     cases = suite.findall("testsuite/testcase")
     assert int(suite.get("tests")) == len(cases) >= 2 * len(TARGETS)  # logits and agreement per bundle
-    assert {c.get("classname") for c in cases} == {f"tiny-bert.{t}-fp32" for t in TARGETS}
+    assert {c.get("classname") for c in cases} == {f"tiny-bert.{t}-fp32" for t in TARGETS} | {"tiny-bert.model"}
     rows = summary["baseline"]["bundles"]
     assert [r["bundle"] for r in rows] == [f"{t}-fp32" for t in TARGETS]
     assert all(r["before"]["bytes"] == r["now"]["bytes"] for r in rows)

@@ -1,6 +1,6 @@
 // Loads an edgesdk ONNX bundle (manifest.json, model, tokenizer.json), checks every file's
 // sha256 against the manifest, and classifies text or a picked image with onnxruntime-web.
-import { WordPieceTokenizer } from "./tokenizer.js";
+import { TokenEncoder } from "./encode.js";
 
 const params = new URLSearchParams(location.search);
 const base = (params.get("bundle") || "../bundle").replace(/\/$/, "") + "/";
@@ -32,7 +32,8 @@ async function load() {
   const session = await ort.InferenceSession.create(await fetchChecked(manifest.model_file, manifest));
   const spec = manifest.spec;
   const tokenizer = spec.kind === "text"
-    ? new WordPieceTokenizer(JSON.parse(new TextDecoder().decode(await fetchChecked(spec.preprocessing.tokenizer, manifest))))
+    ? new TokenEncoder(JSON.parse(new TextDecoder().decode(await fetchChecked(spec.preprocessing.tokenizer, manifest))),
+      spec.preprocessing.max_length)
     : null;
   return { manifest, session, spec, tokenizer };
 }
@@ -46,11 +47,11 @@ async function run(bundle, feeds) {
 }
 
 async function classifyText(bundle, text) {
-  const ids = bundle.tokenizer.encode(text, bundle.spec.preprocessing.max_length);
+  const ids = bundle.tokenizer.encode(text);
   const tensor = (values) => new ort.Tensor("int64", BigInt64Array.from(values.map(BigInt)), [1, values.length]);
   const all = { input_ids: ids, attention_mask: ids.map(() => 1), token_type_ids: ids.map(() => 0) };
   const feeds = Object.fromEntries(bundle.spec.inputs.map((t) => [t.name, tensor(all[t.name])]));
-  return { input: text, ...(await run(bundle, feeds)) };
+  return { input: text, input_ids: ids, ...(await run(bundle, feeds)) };
 }
 
 async function classifyImage(bundle, file) {
