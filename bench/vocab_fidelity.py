@@ -34,11 +34,8 @@ import torch
 
 from edgesdk import TextClassifier
 from edgesdk.converters.prune_vocab import PruneVocabulary
-from edgesdk.converters.vocab_priors import prior_order
-from edgesdk.converters.vocab_rank import rank_pieces
 from edgesdk.converters.vocab_sizing import agreement_by_size
-from edgesdk.converters.vocab_tokenizer import required_ids
-from edgesdk.corpus import count_corpus, open_tokenizer, parse_sources
+from edgesdk.corpus import open_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED_DATA, cpu_flags, print_table, write_results  # noqa: E402
@@ -100,14 +97,11 @@ def _exact_share(original: TextClassifier, pruned: TextClassifier, texts: list[s
 
 def _scan(original: TextClassifier, corpus: Path, prior: str, test: list[str], target: float, work: Path,
           chosen_vocab: int) -> dict:
-    """Agreement on ``test`` at 20 sizes of the ranking, the smallest size that meets ``target``,
-    and ``chosen_vocab``, the size the sizing search picked on ``test``."""
+    """Agreement on ``test`` at 20 sizes of the pass's ranking, the smallest size that meets
+    ``target``, and ``chosen_vocab``, the size the sizing search picked on ``test``."""
     tj = json.loads(Path(original.tokenizer_file).read_text(encoding="utf-8"))
+    ranking = PruneVocabulary(corpus=[corpus], prior=prior, max_vocab=len(tj["model"]["vocab"])).ranking(original)
     tokenizer = open_tokenizer(original.tokenizer_file)
-    counts = count_corpus(tokenizer, parse_sources([corpus]))
-    alphabet = counts.chars
-    base = required_ids(tj, alphabet) | {original.spec.preprocessing.pad_id}
-    ranking = rank_pieces(tj, counts, base, prior_order(prior, tj, tokenizer, alphabet))
     needs = ranking.needs([e.ids for e in tokenizer.encode_batch(test, add_special_tokens=False)])
     at = agreement_by_size(original, tj, ranking, test, needs, work)
     sizes = np.unique(np.linspace(0, len(ranking), 21).astype(int))

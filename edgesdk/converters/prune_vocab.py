@@ -51,6 +51,19 @@ def _normalized_alphabet(tokenizer, chars: set[str]) -> set[str]:
     return set().union(*(tokenizer.normalizer.normalize_str(c) for c in sorted(chars)), set())
 
 
+@dataclasses.dataclass(frozen=True)
+class _Reading:
+    """What the pass reads before it chooses: the tokenizer (parsed and opened), the corpus's
+    counts, its normalized characters, the ids every text needs, and --heldout's texts."""
+
+    tj: dict[str, Any]
+    tokenizer: Any
+    counts: TokenCounts
+    alphabet: set[str]
+    base: set[int]
+    heldout: list[str] | None
+
+
 def _target(min_coverage: float | None, target_agreement: float | None, max_vocab: int | None) -> Target | None:
     """The sizing target the options ask for, if any; refuses two at once or a share outside (0, 1]."""
     given = {name: value for name, value in (("coverage", min_coverage), ("agreement", target_agreement))
@@ -241,20 +254,49 @@ class PruneVocabulary(Pass):
                 "corpus_coverage": float(counts.counts[keep].sum() / max(counts.tokens, 1)),
                 "min_count": self.min_count, "max_vocab": self.max_vocab, "corpus_engine": self.engine["engine"]}
 
-    def _choose(self, classifier: TextClassifier, tokenizer: Any, tj: dict[str, Any], counts: TokenCounts,
-                base: set[int], alphabet: set[str], heldout: list[str] | None
+    def _read(self, classifier: TextClassifier) -> _Reading:
+        """The tokenizer, the corpus's counts and the pieces every text needs."""
+        tj = json.loads(Path(classifier.tokenizer_file).read_text(encoding="utf-8"))
+        family(tj)  # refuses a family it can't prune before the corpus is read
+        tokenizer = open_tokenizer(classifier.tokenizer_file)
+        rows = classifier.model.get_input_embeddings().weight.shape[0]
+        size = tokenizer.get_vocab_size(with_added_tokens=True)
+        if size > rows:
+            raise InputError(f"tokenizer.json has {size} tokens but the embedding has {rows} rows: "
+                             "the tokenizer belongs to another model")
+        counts = count_corpus(tokenizer, self.corpus, self.min_count, progress=self.progress, **self.engine)
+        alphabet = _normalized_alphabet(tokenizer, counts.chars)
+        base = required_ids(tj, alphabet) | {classifier.spec.preprocessing.pad_id}
+        if self.forced_tokens is not None:
+            base |= _read_forced(Path(self.forced_tokens), vocab_ids(tj))
+        heldout = None if self.heldout is None else heldout_from_file(Path(self.heldout))
+        return _Reading(tj, tokenizer, counts, alphabet, base, heldout)
+
+    def _rank(self, reading: _Reading) -> tuple[Ranking, list[str] | None]:
+        """The ranking and the held-out texts a target is judged on (the corpus's split, taken out
+        of the counts, when a target has no --heldout)."""
+        r = reading
+        prior = None if self.prior is None else prior_order(self.prior, r.tj, r.tokenizer, r.counts.chars | r.alphabet)
+        texts = r.heldout
+        if self.target is not None and r.heldout is None:
+            texts = heldout_from_corpus(r.tokenizer, self.corpus, r.counts)
+        return rank_pieces(r.tj, r.counts, r.base, prior), texts
+
+    def ranking(self, classifier: TextClassifier) -> Ranking:
+        """The order in which this pass keeps ``classifier``'s pieces: the corpus's by count, then
+        the prior's (benches scan sizes of it)."""
+        return self._rank(self._read(classifier))[0]
+
+    def _choose(self, classifier: TextClassifier, reading: _Reading
                 ) -> tuple[Ranking, list[int], dict[str, Any] | None]:
         """The ranking, the kept ids (every corpus piece, what fits the cap, or what the target
         needs) and, for a target, the sizing figures."""
-        prior = None if self.prior is None else prior_order(self.prior, tj, tokenizer, counts.chars | alphabet)
-        texts = heldout
-        if self.target is not None and heldout is None:
-            texts = heldout_from_corpus(tokenizer, self.corpus, counts)
-        ranking = rank_pieces(tj, counts, base, prior)
+        ranking, texts = self._rank(reading)
         if self.target is None:
             return ranking, select_ids(ranking, self.max_vocab), None
-        k, sizing = size_to_target(classifier, tokenizer, tj, ranking, texts, self.target, self.workdir)
-        sizing["heldout"] = "--heldout" if heldout is not None else \
+        k, sizing = size_to_target(classifier, reading.tokenizer, reading.tj, ranking, texts, self.target,
+                                   self.workdir)
+        sizing["heldout"] = "--heldout" if reading.heldout is not None else \
             f"every {SPLIT_EVERY}th of the corpus's first {SPLIT_LINES} documents, kept out of the counts"
         return ranking, ranking.kept(k), sizing
 
@@ -263,30 +305,20 @@ class PruneVocabulary(Pass):
             raise InputError("prune_vocabulary needs a workdir (set pass.workdir) for the pruned tokenizer.json")
         start = time.perf_counter()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        tj = json.loads(Path(classifier.tokenizer_file).read_text(encoding="utf-8"))
-        kind = family(tj)
-        tokenizer = open_tokenizer(classifier.tokenizer_file)
-        rows = classifier.model.get_input_embeddings().weight.shape[0]
-        size = tokenizer.get_vocab_size(with_added_tokens=True)
-        if size > rows:
-            raise InputError(f"tokenizer.json has {size} tokens but the embedding has {rows} rows: "
-                             "the tokenizer belongs to another model")
-        counts = count_corpus(tokenizer, self.corpus, self.min_count, progress=self.progress, **self.engine)
-        pre = classifier.spec.preprocessing
-        alphabet = _normalized_alphabet(tokenizer, counts.chars)
-        base = required_ids(tj, alphabet) | {pre.pad_id}
-        if self.forced_tokens is not None:
-            base |= _read_forced(Path(self.forced_tokens), vocab_ids(tj))
-        heldout = None if self.heldout is None else heldout_from_file(Path(self.heldout))
-        ranking, keep, sizing = self._choose(classifier, tokenizer, tj, counts, base, alphabet, heldout)
+        reading = self._read(classifier)
+        tj, tokenizer, counts, heldout = reading.tj, reading.tokenizer, reading.counts, reading.heldout
+        ranking, keep, sizing = self._choose(classifier, reading)
         pruned_tj = prune_tokenizer_json(tj, keep)
         tokenizer_file = self.workdir / "tokenizer.json"
         tokenizer_file.write_text(json.dumps(pruned_tj, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+        pre = classifier.spec.preprocessing
         model = prune_embeddings(classifier.model, keep, pre.pad_id)
         new_pre = dataclasses.replace(pre, pad_id=keep.index(pre.pad_id))
         pruned = dataclasses.replace(classifier, model=model, tokenizer_file=tokenizer_file,
                                      spec=dataclasses.replace(classifier.spec, preprocessing=new_pre))
-        notes = {"family": kind, "vocab_before": size, "vocab_after": len(keep), "embedding_rows_before": rows,
+        notes = {"family": family(tj), "vocab_before": tokenizer.get_vocab_size(with_added_tokens=True),
+                 "vocab_after": len(keep),
+                 "embedding_rows_before": classifier.model.get_input_embeddings().weight.shape[0],
                  **_size_figures(classifier, pruned), **self._corpus_figures(counts, keep)}
         if self.prior is not None:
             notes["prior"] = {"name": self.prior, "pieces": len(ranking) - ranking.corpus,
