@@ -11,7 +11,7 @@ set's verification split, as ``--verify-on`` does), onnxruntime ``quantize_dynam
 this process for all models side by side (rounds alternate the models, one session at a
 time); the OpenVINO fp32 and edgesdk int8 IRs likewise. CPU flags are recorded.
 
-Usage: python bench/int8.py [--sets sst2,banking77,sms_spam,ag_news] [--e5 sms_spam] [--rounds N]
+Usage: python bench/int8.py [--sets sst2,banking77,sms_spam,ag_news] [--e5 sms_spam] [--rounds N] [--resume]
 Writes bench/results/int8.json.
 """
 
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_flags, peak_rss_mb, print_table, write_results  # noqa: E402
 from finetune import finetuned, load_set  # noqa: E402
 
+RESULTS = Path(__file__).resolve().parent / "results" / "int8.json"
 PEERS = ("ort_quantize_dynamic", "ort_quantize_static", "nncf_transformer")
 
 
@@ -186,6 +187,8 @@ def main() -> None:
     parser.add_argument("--e5", default="sms_spam", help="set to also run with multilingual-e5-small ('' for none)")
     parser.add_argument("--methods", default="mse", help="edgesdk range methods (mse, minmax, percentile, entropy)")
     parser.add_argument("--rounds", type=int, default=4, help="latency rounds (20 timed runs per model each)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the other sets of bench/results/int8.json (measured on a CPU with the same flags)")
     parser.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -195,6 +198,8 @@ def main() -> None:
     flags = cpu_flags()
     runs = [(s, "minilm") for s in args.sets.split(",") if s] + ([(args.e5, "e5")] if args.e5 else [])
     results: dict[str, dict] = {"cpu_flags": flags}
+    if args.resume and RESULTS.is_file() and json.loads(RESULTS.read_text())["cpu_flags"] == flags:
+        results = json.loads(RESULTS.read_text())
     for set_name, base in runs:
         with tempfile.TemporaryDirectory() as tmp:
             results[f"{base}-{set_name}"] = bench_set(set_name, base, args.methods.split(","), args.rounds, Path(tmp))
