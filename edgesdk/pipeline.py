@@ -467,8 +467,9 @@ def convert(model: Classifier, out: str | Path, config: ConvertConfig | None = N
 
 def _model_stage(model: Classifier, job: _Job, steps: Steps, work: Path
                  ) -> tuple[Classifier, list[dict[str, Any]], list[dict[str, Any]], Verification | None]:
-    """PyTorch's reference, the passes, the model gates (pruning fidelity, tokenization in
-    JavaScript), and the verification set, streamed."""
+    """PyTorch's reference, the passes, the model gates (pruning fidelity; tokenization in
+    JavaScript when an ONNX bundle, which the browser runs, is built), and the verification set,
+    streamed."""
     data, measure = job.data, None
     if data is not None:
         with steps.step(f"PyTorch reference on {data.rule()} and {model.spec.kind} perturbations") as update:
@@ -494,7 +495,7 @@ def _model_stage(model: Classifier, job: _Job, steps: Steps, work: Path
             reference = pruned  # runtime parity: each bundle against the model it was built from
             perturbed = {name: (items, classifier.logits(items)) for name, (items, _) in perturbed.items()}
         steps.note(f"  pruning fidelity: {gates[0]['status']} ({gates[0]['reason']})")
-    if data is not None and isinstance(classifier, TextClassifier):
+    if data is not None and isinstance(classifier, TextClassifier) and any(t.name == "onnx" for t, _ in job.bundles):
         with steps.step("tokenization: the browser's Tokenizers.js against Python's tokenizers"):
             gates.append(javascript_tokenization_gate(classifier.encoder(), classifier.tokenizer_file,
                                                       (samples.items for _, samples in data.chunks())))
