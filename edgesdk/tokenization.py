@@ -51,6 +51,16 @@ def _node_ids(folder: Path, tokenizer_file: Path, max_length: int, texts: list[s
     return json.loads(done.stdout)
 
 
+def _compare(gate: dict[str, Any], encoder: TextEncoder, folder: Path, tokenizer_file: Path, texts: list[str]) -> None:
+    """Add one chunk of texts to ``gate``'s counts."""
+    python = [row["input_ids"].tolist() for row in encoder.encode(texts)]
+    javascript = _node_ids(folder, tokenizer_file, encoder.pre.max_length, texts)
+    same = [a == b for a, b in zip(python, javascript, strict=True)]
+    gate["texts"] += len(texts)
+    gate["texts_exact"] += sum(same)
+    gate["different"] += [t[:200] for t, s in zip(texts, same) if not s][:SHOWN - len(gate["different"])]
+
+
 def javascript_tokenization_gate(encoder: TextEncoder, tokenizer_file: Path,
                                  chunks: Iterable[list[str]]) -> dict[str, Any]:
     """The gate on every text of ``chunks``: the browser's ids against ``encoder``'s (the bundle's
@@ -60,15 +70,13 @@ def javascript_tokenization_gate(encoder: TextEncoder, tokenizer_file: Path,
     if folder is None:
         return {**gate, "status": "skipped", "reason": f"not checked: {why}"}
     gate["tokenizer"] = f"{_tokenizers_js(folder)} with samples/browser/encode.js"
-    for texts in chunks:
-        for start in range(0, len(texts), CHUNK_TEXTS):
-            part = texts[start:start + CHUNK_TEXTS]
-            python = [row["input_ids"].tolist() for row in encoder.encode(part)]
-            javascript = _node_ids(folder, tokenizer_file, encoder.pre.max_length, part)
-            same = [a == b for a, b in zip(python, javascript)]
-            gate["texts"] += len(part)
-            gate["texts_exact"] += sum(same)
-            gate["different"] += [t[:200] for t, s in zip(part, same) if not s][:SHOWN - len(gate["different"])]
+    try:
+        for texts in chunks:
+            for start in range(0, len(texts), CHUNK_TEXTS):
+                _compare(gate, encoder, folder, tokenizer_file, texts[start:start + CHUNK_TEXTS])
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:  # ValueError: bad or short JSON
+        return {**gate, "status": "fail", "reason": f"the browser's tokenizer could not encode the verification "
+                f"texts ({str(e)[:300]}); the Python runtime is unaffected"}
     different = gate["texts"] - gate["texts_exact"]
     if different:
         reason = (f"{different} of {gate['texts']} verification texts get other ids in the browser "

@@ -119,3 +119,16 @@ def test_the_tokenization_gate_is_skipped_with_the_fix_when_the_browser_sample_i
     classifier = TextClassifier.from_pretrained(tiny_text_dir)
     gate = javascript_tokenization_gate(classifier.encoder(), classifier.tokenizer_file, [["a text"]])
     assert gate["status"] == "skipped" and "EDGESDK_BROWSER_SAMPLE" in gate["reason"] and gate["texts"] == 0
+
+
+def test_a_browser_tokenizer_that_crashes_fails_the_gate_with_its_error(tiny_text_dir, tmp_path, monkeypatch):
+    from edgesdk.tokenization import javascript_tokenization_gate
+
+    package = tmp_path / "node_modules" / "@huggingface" / "tokenizers"
+    package.mkdir(parents=True)
+    (package / "package.json").write_text('{"version": "0.0.0"}')
+    (tmp_path / "tokenize.mjs").write_text('console.error("Unknown normalizer type: Weird"); process.exit(1);\n')
+    monkeypatch.setenv("EDGESDK_BROWSER_SAMPLE", str(tmp_path))
+    classifier = TextClassifier.from_pretrained(tiny_text_dir)
+    gate = javascript_tokenization_gate(classifier.encoder(), classifier.tokenizer_file, [["a text"]])
+    assert gate["status"] == "fail" and "Unknown normalizer type: Weird" in gate["reason"]
