@@ -11,7 +11,7 @@ from conftest import run_cli
 import edgesdk
 from edgesdk import TextClassifier
 from edgesdk.calibration import Budget
-from edgesdk.calibration.calibrate import effect, meets, search_float_layers
+from edgesdk.calibration.calibrate import effect, meets, point_judgement, search_float_layers
 from edgesdk.errors import InputError
 
 
@@ -98,6 +98,18 @@ def test_search_judges_on_points_when_the_data_cannot_show_the_bound():
     kept, chosen, _, judged = search_float_layers(ranked, _trial_table(changes, 300), Budget(0.99), None)
     # charged one change of slack: 2 + 1 of 300 is the first point estimate that reaches 99%
     assert judged == "point" and kept == 3 and meets(chosen, Budget(0.99), bound=False)
+
+
+def test_a_point_judgement_says_how_many_samples_would_show_the_bound():
+    figures = {"judged_by": "point", "judge_samples": 300, "judged_on": "verification data",
+               "budget": {"min_agreement": 0.99, "confidence": 0.95}}
+    why = point_judgement(figures)
+    needed = int(why.split(" or more samples")[0].rsplit(" ", 1)[1])
+    assert "the 300 samples it was judged on (verification data) cannot show" in why and "--verify-on" in why
+    perfect = {"agreeing": needed, "samples": needed, "expected_changes": 0.0, "labeled": 0}
+    assert meets(perfect, Budget(0.99))  # that many samples show the bound, margin charged
+    assert not meets({**perfect, "agreeing": needed - 1, "samples": needed - 1}, Budget(0.99))
+    assert point_judgement({**figures, "judged_by": "bound"}) is None
 
 
 def test_search_returns_the_best_configuration_when_the_budget_cannot_be_met():

@@ -1,7 +1,17 @@
 """Static int8 calibration (``edgesdk.calibration``): observers, range methods, QDQ, sensitivity."""
 
-from .calibrate import MAX_JUDGE_SAMPLES, MIN_SAMPLES, Budget, Calibration, Judge, LayerChoice, calibrate, held_aside
+from .calibrate import (
+    MAX_JUDGE_SAMPLES,
+    MIN_SAMPLES,
+    Budget,
+    Calibration,
+    Judge,
+    LayerChoice,
+    calibrate,
+    held_aside,
+    point_judgement,
+)
 from .ranges import RANGE_METHODS, activation_range
 
-__all__ = ["Budget", "Calibration", "Judge", "LayerChoice", "calibrate", "held_aside", "MAX_JUDGE_SAMPLES",
-           "MIN_SAMPLES", "RANGE_METHODS", "activation_range"]
+__all__ = ["Budget", "Calibration", "Judge", "LayerChoice", "calibrate", "held_aside", "point_judgement",
+           "MAX_JUDGE_SAMPLES", "MIN_SAMPLES", "RANGE_METHODS", "activation_range"]

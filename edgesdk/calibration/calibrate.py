@@ -45,7 +45,7 @@ from .smooth import SMOOTH_ALPHA, ChannelMax, smooth_model, smoothable
 log = logging.getLogger(__name__)
 
 __all__ = ["Budget", "Calibration", "Judge", "LayerChoice", "calibrate", "held_aside", "search_float_layers",
-           "MIN_SAMPLES", "MAX_JUDGE_SAMPLES"]
+           "point_judgement", "MIN_SAMPLES", "MAX_JUDGE_SAMPLES"]
 
 MIN_SAMPLES = 20
 MAX_JUDGE_SAMPLES = 2000
@@ -232,6 +232,19 @@ def meets(e: dict[str, Any], budget: Budget, bound: bool = True) -> bool:
     if bound and e["labeled"] >= labels_to_show(budget.max_accuracy_drop, budget.confidence) and e["accuracy_drop"] > 0:
         return paired_drop_upper(e["lost"], e["gained"], e["labeled"], budget.confidence) <= budget.max_accuracy_drop
     return e["accuracy_drop"] <= budget.max_accuracy_drop
+
+
+def point_judgement(figures: dict[str, Any]) -> str | None:
+    """When the judging samples were too few to show the budget on its bound (so float layers were
+    chosen on point estimates), why, and how many samples would; None otherwise."""
+    if figures.get("judged_by") != "point":
+        return None
+    budget = figures["budget"]
+    needed = samples_to_show(budget["min_agreement"], budget["confidence"], 1)
+    return (f"the {figures['judge_samples']} samples it was judged on ({figures['judged_on']}) cannot show "
+            f"top-1 agreement >= {budget['min_agreement']:.2%} on its {budget['confidence']:.0%} bound once one "
+            f"change is charged as a margin, so float layers were chosen on point estimates and may be more than "
+            f"needed; {needed} or more samples (--verify-on) would show it")
 
 
 def search_float_layers(ranked: list[dict[str, Any]], trial: Callable[[set[str]], dict[str, Any]],
