@@ -510,11 +510,15 @@ def _model_stage(model: Classifier, job: _Job, steps: Steps, work: Path
     return classifier, pass_records, gates, _verification(classifier, data, reference, head, perturbed, work)
 
 
+def _mark(status: str) -> str:
+    """The progress line's mark for a gate's or a bundle's status."""
+    return {"pass": "✓", "skipped": "–"}.get(status, "✗")
+
+
 def _tokenization_line(gate: dict[str, Any]) -> str:
     """One line on the tokenization gate (its full reason is in the summary table and report)."""
-    mark = {"pass": "✓", "skipped": "–"}.get(gate["status"], "✗")
     counts = f"{gate['texts_exact']} of {gate['texts']} texts with Python's ids" if gate["texts"] else "not checked"
-    return f"  {mark} {gate['name']}: {gate['status']} ({counts})"
+    return f"  {_mark(gate['status'])} {gate['name']}: {gate['status']} ({counts})"
 
 
 def _sizing_line(record: dict[str, Any]) -> str:
@@ -574,8 +578,7 @@ def _bundle(target: Target, precision: str, job: _Job, classifier: Classifier, a
         log.debug("bundle %s failed", folder.name, exc_info=True)
         shutil.rmtree(folder, ignore_errors=True)
         record = BundleRecord(folder.name, target.name, precision, "error", _cause(e))
-    mark = {"pass": "✓", "skipped": "–"}.get(record.status, "✗")
-    steps.note(f"  {mark} {record.name}: {record.status} ({record.reason})")
+    steps.note(f"  {_mark(record.status)} {record.name}: {record.status} ({record.reason})")
     return record
 
 

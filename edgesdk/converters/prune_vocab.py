@@ -53,11 +53,15 @@ def _normalized_alphabet(tokenizer, chars: set[str]) -> set[str]:
 
 @dataclasses.dataclass(frozen=True)
 class _Reading:
-    """What the pass reads before it chooses: the tokenizer (parsed and opened), the corpus's
-    counts, its normalized characters, the ids every text needs, and --heldout's texts."""
+    """What the pass reads before it chooses: the tokenizer (parsed, its family, opened, its size),
+    the embedding's rows, the corpus's counts, its normalized characters, the ids every text
+    needs, and --heldout's texts."""
 
     tj: dict[str, Any]
+    family: str
     tokenizer: Any
+    vocab_size: int
+    embedding_rows: int
     counts: TokenCounts
     alphabet: set[str]
     base: set[int]
@@ -257,7 +261,7 @@ class PruneVocabulary(Pass):
     def _read(self, classifier: TextClassifier) -> _Reading:
         """The tokenizer, the corpus's counts and the pieces every text needs."""
         tj = json.loads(Path(classifier.tokenizer_file).read_text(encoding="utf-8"))
-        family(tj)  # refuses a family it can't prune before the corpus is read
+        kind = family(tj)  # refuses a family it can't prune before the corpus is read
         tokenizer = open_tokenizer(classifier.tokenizer_file)
         rows = classifier.model.get_input_embeddings().weight.shape[0]
         size = tokenizer.get_vocab_size(with_added_tokens=True)
@@ -270,7 +274,7 @@ class PruneVocabulary(Pass):
         if self.forced_tokens is not None:
             base |= _read_forced(Path(self.forced_tokens), vocab_ids(tj))
         heldout = None if self.heldout is None else heldout_from_file(Path(self.heldout))
-        return _Reading(tj, tokenizer, counts, alphabet, base, heldout)
+        return _Reading(tj, kind, tokenizer, size, rows, counts, alphabet, base, heldout)
 
     def _rank(self, reading: _Reading) -> tuple[Ranking, list[str] | None]:
         """The ranking and the held-out texts a target is judged on (the corpus's split, taken out
@@ -316,10 +320,9 @@ class PruneVocabulary(Pass):
         new_pre = dataclasses.replace(pre, pad_id=keep.index(pre.pad_id))
         pruned = dataclasses.replace(classifier, model=model, tokenizer_file=tokenizer_file,
                                      spec=dataclasses.replace(classifier.spec, preprocessing=new_pre))
-        notes = {"family": family(tj), "vocab_before": tokenizer.get_vocab_size(with_added_tokens=True),
-                 "vocab_after": len(keep),
-                 "embedding_rows_before": classifier.model.get_input_embeddings().weight.shape[0],
-                 **_size_figures(classifier, pruned), **self._corpus_figures(counts, keep)}
+        notes = {"family": reading.family, "vocab_before": reading.vocab_size, "vocab_after": len(keep),
+                 "embedding_rows_before": reading.embedding_rows, **_size_figures(classifier, pruned),
+                 **self._corpus_figures(counts, keep)}
         if self.prior is not None:
             notes["prior"] = {"name": self.prior, "pieces": len(ranking) - ranking.corpus,
                               "kept": len(set(keep) - set(ranking.kept(ranking.corpus)))}

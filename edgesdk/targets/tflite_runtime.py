@@ -141,8 +141,7 @@ class TfliteTarget(Target):
         with self.runner(float_model, spec) as runner:
             samples = [runner.model_inputs(feeds, i) for _, feeds in encoder.batches(encoder.encode(items), 32)
                        for i in range(len(next(iter(feeds.values()))))]
-            signature = next(iter(runner.interpreter.get_signature_list()))
-            pixels = runner.runner.get_input_details()[runner.inputs[spec.inputs[0].name][0]]["name"]
+            signature, pixels = runner.signature, runner.tensor_names[runner.inputs[spec.inputs[0].name][0]]
         ranges = q.calibrate({signature: samples})
         if pixels in ranges:
             ranges[pixels] = {**ranges[pixels], "min": np.array(PIXEL_RANGE[0], np.float32),

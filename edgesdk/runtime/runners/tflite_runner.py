@@ -27,6 +27,8 @@ class TfliteRunner(Runner):
         details = self.runner.get_input_details()  # args_0, args_1, ...: the graph's inputs in order
         self.inputs = {t.name: (f"args_{k}", tuple(details[f"args_{k}"]["shape"]), details[f"args_{k}"]["dtype"])
                        for k, t in enumerate(self.spec.inputs)}
+        self.signature = next(iter(self.interpreter.get_signature_list()))
+        self.tensor_names = {arg: d["name"] for arg, d in details.items()}  # args_k: the tensor's name
         self.quantization = {name: d["quantization"] for name, d in
                              [*details.items(), *self.runner.get_output_details().items()] if d["quantization"][0]}
 
