@@ -45,31 +45,42 @@ def test_tflite_and_openvino_bundles_say_what_is_int8(demo_out):
     assert sizes["int8"] < 0.4 * sizes["fp32"]
 
 
-def test_tflite_int8_tries_full_integer_first_on_images_only(demo_out):
+def test_tflite_int8_is_full_integer_on_images_with_edgesdk_float_layers(demo_out):
     image, text = (json.loads((demo_out / k / "tflite-int8" / "manifest.json").read_text())["build"]
                    for k in ("image", "text"))
     assert image["recipes_tried"][0]["recipe"] == "full_integer" and image["recipes_tried"][0]["samples"] > 1000
-    assert image["recipe"] in {"full_integer", "dynamic_range", "weight_only"} and "recipe" in text
-    assert "full_integer" not in [t["recipe"] for t in text["recipes_tried"]]  # transformers: 59% when measured
+    assert image["recipe"] == "full_integer" and "mse ranges" in image["activation_ranges"]
+    onnx_int8 = json.loads((demo_out / "image" / "onnx-int8" / "manifest.json").read_text())["build"]
+    assert image["float_layers"] == sorted(f["layer"] for f in onnx_int8["calibration"]["float_layers"])
+    assert image["float_layers_not_found"] == [] and image["integer_only"] == (not image["float_layers"])
+    assert "full_integer" not in [t["recipe"] for t in text["recipes_tried"]]  # the -inf attention mask
 
 
-def test_full_integer_tflite_takes_exact_int8_pixels_and_agrees_with_float(demo_out, tmp_path):
-    from ai_edge_quantizer import quantizer, recipe
+def test_full_integer_tflite_takes_exact_int8_pixels_and_keeps_float_layers_float(demo_out, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
 
+    from edgesdk.targets.tflite_int8 import float_layer_weights, quantize_full_integer
     from edgesdk.targets.tflite_runtime import TfliteTarget
 
     bundle = load_bundle(demo_out / "image" / "tflite-fp32")
     images = list(np.load(demo_out / "data" / "digits-val.npz")["images"])
-    q = quantizer.Quantizer(str(bundle.path / "model.tflite"))
-    q.load_quantization_recipe(recipe.static_wi8_ai8())
-    ranges = TfliteTarget()._calibrated(q, bundle.path / "model.tflite", bundle.spec, bundle.encoder, images[:200])
-    q.quantize(ranges, enable_progress_report=False).export_model(str(tmp_path / "int8.tflite"))
     rows = bundle.encoder.encode(images[200:800])
-    with TfliteTarget.runner(tmp_path / "int8.tflite", bundle.spec) as runner:
-        assert runner.quantization["args_0"] == (1.0, -128)  # uint8 pixels minus 128: no rounding
-        full_integer = bundle.run_rows(rows, runner=runner)["logits"]
     float_logits = bundle.run_rows(rows)["logits"]
-    assert (full_integer.argmax(1) == float_logits.argmax(1)).mean() >= 0.98  # 99.7% here; margin for other CPUs
+    calibration = json.loads((demo_out / "image" / "onnx-int8" / "manifest.json").read_text())["build"]["calibration"]
+    weights = float_layer_weights(demo_out / "image" / "onnx-fp32" / "model.onnx", calibration["float_layers"])
+    assert set(weights) == {f["layer"] for f in calibration["float_layers"]}
+    for kept, floats in (({}, 0), (weights, len(weights))):
+        with TfliteTarget.runner(bundle.path / "model.tflite", bundle.spec) as runner:
+            static = quantize_full_integer(runner, tmp_path / "int8.tflite", bundle.encoder, images[:200], "mse", kept)
+        assert static.float_layers == sorted(kept) and not static.unmatched
+        interpreter = Interpreter(model_path=str(tmp_path / "int8.tflite"))
+        ops = [op for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
+        float_weights = [op for op in ops if interpreter.get_tensor_details()[op["inputs"][1]]["dtype"] == np.float32]
+        assert len(float_weights) == floats
+        with TfliteTarget.runner(tmp_path / "int8.tflite", bundle.spec) as runner:
+            assert runner.quantization["args_0"] == (1.0, -128)  # uint8 pixels minus 128: no rounding
+            full_integer = bundle.run_rows(rows, runner=runner)["logits"]
+        assert (full_integer.argmax(1) == float_logits.argmax(1)).mean() >= 0.98  # 99.5-100% here
 
 
 def test_fixed_shape_tflite_takes_any_image_size_and_long_text(demo_out):

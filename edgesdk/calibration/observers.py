@@ -41,7 +41,7 @@ class Histogram:
         mn, mx = float(x.min()), float(x.max())
         self.min, self.max = min(self.min, mn), max(self.max, mx)
         if self.lo is None:
-            self.lo, self.hi = mn, mx if mx > mn else mn + 1e-6
+            self.lo, self.hi = mn, mx if mx > mn else mn + max(1e-6, abs(mn) * 1e-2)
         elif mn < self.lo or mx > self.hi:
             self._widen(min(mn, self.lo), max(mx, self.hi))
         self.counts += np.histogram(x, self.bins, (self.lo, self.hi))[0]
