@@ -7,7 +7,9 @@ verification split), and from the same float .tflite the bench writes every vari
 
 - ``dynamic_range``: ai-edge-quantizer's dynamic-range recipe;
 - ``full_integer``: edgesdk's full-integer model (its range method, its float layers);
-- ``full_integer_all_int8``: the same with no layer kept float.
+- ``full_integer_all_int8``: the same with no layer kept float;
+- text only, ``*_one_length``: fp32 and dynamic range as the bundles were before signatures
+  per sequence length (one signature at max_length), for the short-text figures.
 
 Per variant, on the test split (never used by the conversion): top-1 agreement with the fp32
 .tflite, accuracy, latency per sample (median, batch 1, XNNPACK, 2 threads; text: a 10-token
@@ -66,7 +68,20 @@ def _text_case(work: Path) -> dict:
             verify_on=work / "verify.txt", calibration=work / "calibration.txt")
     long_text = " ".join(t for t, _ in test[:40])
     return {"folder": work / "text", "test": [t for t, _ in test], "labels": np.array([y for _, y in test]),
-            "calibration": [t for t, _ in calibration], "timed": {"10 tokens": [SHORT_TEXT], "128 tokens": [long_text]}}
+            "calibration": [t for t, _ in calibration], "timed": {"10 tokens": [SHORT_TEXT], "128 tokens": [long_text]},
+            "fixed": _fixed_length(model, work)}
+
+
+def _fixed_length(model, work: Path) -> Path:
+    """The text model as edgesdk's TFLite bundles were before signatures per length: one at max_length."""
+    import litert_torch
+
+    from edgesdk.targets.tflite_runtime import convert_signatures
+
+    out = work / "fixed_length.tflite"
+    sample = model.example_inputs(batch=1, length=128)
+    convert_signatures(litert_torch, model.graph().eval(), {"serving_default": sample}, out)
+    return out
 
 
 def _variants(case: dict, work: Path) -> dict[str, Path | str]:
@@ -84,6 +99,12 @@ def _variants(case: dict, work: Path) -> dict[str, Path | str]:
     q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
     q.quantize(None, enable_progress_report=False).export_model(str(work / "dynamic_range.tflite"))
     variants["dynamic_range"] = work / "dynamic_range.tflite"
+    if "fixed" in case:  # before signatures per length: fp32 and dynamic range at max_length only
+        variants["fp32_one_length"] = case["fixed"]
+        q = quantizer.Quantizer(str(case["fixed"]))
+        q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        q.quantize(None, enable_progress_report=False).export_model(str(work / "dynamic_range_one_length.tflite"))
+        variants["dynamic_range_one_length"] = work / "dynamic_range_one_length.tflite"
     weights = float_layer_weights(case["folder"] / "onnx-fp32" / "model.onnx", calibration["float_layers"])
     for name, kept in (("full_integer", weights), ("full_integer_all_int8", {})):
         try:

@@ -28,12 +28,15 @@ from .runtime.bundle import MANIFEST, SCHEMA_VERSION, file_sha256
 __all__ = ["write_manifest", "write_array_files", "write_npz", "staged_output", "check_output", "MARKER"]
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Record size and sha256 of every file in ``folder``, then write manifest.json."""
+def write_manifest(folder: Path, manifest: dict[str, Any], purposes: dict[str, str] | None = None) -> dict[str, Any]:
+    """Record size, sha256 and purpose (from ``purposes``, by file name) of every file in ``folder``,
+    then write manifest.json."""
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
         rel = path.relative_to(folder).as_posix()
         files[rel] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+        if purposes and rel in purposes:
+            files[rel]["purpose"] = purposes[rel]
     manifest = {"schema_version": SCHEMA_VERSION, **manifest, "files": files}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return manifest

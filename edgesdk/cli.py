@@ -156,7 +156,8 @@ def _inspect(args: argparse.Namespace) -> int:
         _say(f"output {t.name}: {t.dtype} {list(t.shape)}")
     _say(f"preprocessing: {json.dumps(spec.to_dict()['preprocessing'])}")
     for name, entry in m["files"].items():
-        _say(f"file   {name}: {entry['bytes']} bytes, sha256 {entry['sha256'][:16]}… ok")
+        purpose = f" ({entry['purpose']})" if entry.get("purpose") else ""
+        _say(f"file   {name}: {entry['bytes']} bytes, sha256 {entry['sha256'][:16]}… ok{purpose}")
     p = m["parity"]
     _say(f"parity: {p['status']} ({p['reason']})")
     return EXIT_OK

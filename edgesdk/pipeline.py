@@ -49,6 +49,7 @@ from .robustness import perturb
 from .runtime.bundle import Bundle
 from .runtime.encode import row_digest
 from .targets import TARGETS, Target
+from .targets.base import RANGES_FILE, RANGES_PURPOSE
 from .tokenization import javascript_tokenization_gate
 from .verification import HEAD, ArrayFile, Verification, VerificationData, logits_to_file, model_logits, rate
 
@@ -243,6 +244,18 @@ def _padded(row: dict[str, Any], spec: Any) -> dict[str, Any]:
     return out
 
 
+def _purposes(target: Target, classifier: Classifier) -> dict[str, str]:
+    """What each file a bundle can hold is for (the manifest says it beside the file)."""
+    purposes = {**target.purposes, RANGES_FILE: RANGES_PURPOSE,
+                REFERENCE_FILE: "PyTorch's logits on the verification data, by sample digest: `edgesdk verify` "
+                                "checks the bundle against them",
+                GOLDEN_FILE: "a few samples with PyTorch's outputs: the loader's self-test"}
+    if isinstance(classifier, TextClassifier):
+        purposes[classifier.spec.preprocessing.tokenizer] = ("the tokenizer: the loaders encode text with it "
+                                                             "(tokenizers in Python, Tokenizers.js in the browser)")
+    return purposes
+
+
 def _build_one(target: Target, precision: str, config: ConvertConfig, classifier: Classifier, artifacts: Artifacts,
                folder: Path, verification: Verification | None, passes: list[dict[str, Any]],
                gates: list[dict[str, Any]], update: Progress) -> BundleRecord:
@@ -256,7 +269,8 @@ def _build_one(target: Target, precision: str, config: ConvertConfig, classifier
         write_array_files(folder / REFERENCE_FILE, {
             "digests": verification.digests, "logits": verification.reference, "labels": verification.labels})
     manifest = _manifest(target, precision, config, classifier, notes, passes, gates, verification)
-    write_manifest(folder, {**manifest, "parity": skipped("pending", thresholds).to_dict()})
+    purposes = _purposes(target, classifier)
+    write_manifest(folder, {**manifest, "parity": skipped("pending", thresholds).to_dict()}, purposes)
     record = BundleRecord(folder.name, target.name, precision, "skipped", "", path=folder, notes=notes)
     reason = target.parity_skip_reason()
     if verification is None:
@@ -268,7 +282,7 @@ def _build_one(target: Target, precision: str, config: ConvertConfig, classifier
     else:
         manifest["golden"] = _verify(Bundle.open(folder), record, verification, thresholds, update)
     record.status, record.reason = record.parity.status, record.parity.reason
-    write_manifest(folder, {**manifest, "parity": record.parity.to_dict()})
+    write_manifest(folder, {**manifest, "parity": record.parity.to_dict()}, purposes)
     record.bytes = sum(p.stat().st_size for p in folder.iterdir())
     return record
 

@@ -37,7 +37,8 @@ def test_tensorrt_bundles_carry_their_builder_symmetric_int8_and_a_proxy_parity(
 
 def test_tflite_and_openvino_bundles_say_what_is_int8(demo_out):
     tflite = json.loads((demo_out / "text" / "tflite-int8" / "manifest.json").read_text())["build"]
-    assert tflite["fixed_inputs"]["input_ids"][0] == 1 and tflite["recipes_tried"]
+    assert tflite["signatures"] == {f"len_{n}": {name: [1, n] for name in tflite["signatures"]["len_64"]}
+                                    for n in (8, 16, 32, 64)} and tflite["recipes_tried"]
     assert "int8" in tflite["int8"] and "run time" in tflite["activation_ranges"]
     openvino = json.loads((demo_out / "image" / "openvino-int8" / "manifest.json").read_text())["build"]
     assert "QDQ" in openvino["int8"] and openvino["calibration"]["met_budget"]
@@ -95,6 +96,33 @@ def test_fixed_shape_tflite_takes_any_image_size_and_long_text(demo_out):
     onnx_text = load_bundle(demo_out / "text" / "onnx-fp32")
     long_line = "tell me about the stock market and interest rates " * 40  # longer than max_length
     assert text.classify([long_line])[0].label == onnx_text.classify([long_line])[0].label
+
+
+def test_tflite_text_runs_each_text_in_the_shortest_signature_that_holds_it(demo_out):
+    bundle = load_bundle(demo_out / "text" / "tflite-fp32")
+    texts = ["hi", "who wrote war and peace and when", "tell me about the stock market and interest rates " * 3,
+             "tell me about the stock market and interest rates " * 40]
+    rows = bundle.encoder.encode(texts)
+    with bundle.runner() as runner:
+        lengths = {name: inputs["input_ids"][1][1] for name, inputs in runner.signatures.items()}
+        for _, feeds in bundle.encoder.batches(rows, 1):
+            tokens = int(feeds["attention_mask"][0].sum())
+            chosen = runner.signature_for(feeds, 0)
+            assert lengths[chosen] == min((n for n in lengths.values() if n >= tokens), default=64)
+            logits = [runner.runners[name](**runner.model_inputs(feeds, 0, name))["output_0"]
+                      for name, n in lengths.items() if n >= tokens]
+            assert all(np.abs(x - logits[-1]).max() < 1e-4 for x in logits)  # padding changes nothing
+    assert sorted(lengths.values()) == [8, 16, 32, 64]
+
+
+def test_every_bundle_file_says_what_it_is_for_and_tflite_ships_no_ranges_it_does_not_read(demo_out):
+    manifests = sorted(demo_out.glob("*/*/manifest.json"))
+    assert len(manifests) == 16
+    for manifest in manifests:
+        files = json.loads(manifest.read_text())["files"]
+        assert all(entry.get("purpose") for entry in files.values()), manifest
+    assert not any((demo_out / kind / "tflite-int8" / "ranges.json").exists() for kind in ("text", "image"))
+    assert (demo_out / "image" / "onnx-int8" / "ranges.json").is_file()
 
 
 def test_a_missing_runtime_names_its_extra_and_other_targets_still_build(demo_out, tmp_path):

@@ -17,9 +17,11 @@ from edgesdk.runtime.runner import Runner
 from edgesdk.runtime.runners import RUNNERS
 from edgesdk.spec import ModelSpec
 
-__all__ = ["Target", "TARGETS", "RANGES_FILE"]
+__all__ = ["Target", "TARGETS", "RANGES_FILE", "RANGES_PURPOSE"]
 
 RANGES_FILE = "ranges.json"
+RANGES_PURPOSE = ("edgesdk's int8 calibration: each activation's range, scale and zero point, the method and the "
+                  "int8 layers; what the int8 model was built from (no runtime reads it)")
 
 
 class Target:
@@ -35,6 +37,8 @@ class Target:
     # file as a proxy, and what that proxy is, in words
     proxy_runtime: ClassVar[str | None] = None
     proxy: ClassVar[str] = ""
+    # what each file this target writes is for, in the manifest
+    purposes: ClassVar[dict[str, str]] = {}
 
     def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
         """Write the model file into ``folder``; returns notes for the manifest."""

@@ -26,6 +26,7 @@ class OnnxRuntimeTarget(Target):
     distribution = "onnxruntime"
     precisions = ("fp32", "int8")
     model_file = "model.onnx"
+    purposes = {"model.onnx": "the model: onnxruntime runs it"}
 
     def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
         import_runtime("onnxruntime", self.extra)

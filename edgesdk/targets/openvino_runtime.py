@@ -33,6 +33,7 @@ class OpenVinoTarget(Target):
     distribution = "openvino"
     precisions = ("fp32", "int8")
     model_file = "model.xml"
+    purposes = {"model.xml": "the model's OpenVINO IR graph: OpenVINO runs it", "model.bin": "the IR's weights"}
 
     def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
         ov = import_runtime("openvino", self.extra)

@@ -101,6 +101,8 @@ class TensorRtTarget(Target):
     precisions = ("fp32", "fp16", "int8")
     model_file = "model.onnx"
     proxy_runtime = "onnx"
+    purposes = {"model.onnx": "the model TensorRT's ONNX parser builds the engine from",
+                BUILD_SCRIPT: "builds the TensorRT engine on the GPU it will run on"}
     proxy = ("TensorRT's model.onnx (for int8: its symmetric Q/DQ) run in onnxruntime as a proxy; the engine was "
              "not built here")
 

@@ -1,13 +1,15 @@
 """TFLite (LiteRT) target: converted by litert-torch from the PyTorch graph, run by ai-edge-litert.
 
 Why litert-torch: it converts the same graph the ONNX export uses, straight from PyTorch,
-with float parity near 1e-6 on our models, and it is Google's maintained path. It converts
-fixed shapes only, so the model takes one sample of a fixed shape, recorded in the manifest
-(``build.fixed_inputs``), and the torch-free runner adapts each sample: text is padded to
-``max_length`` (pad id, mask 0: the logits do not change); images are resized to the
-model's size with the same bilinear resize as the graph (``edgesdk.runtime.resize``) and
-fed as float pixels, so the in-graph resize is an identity. Inputs are int32 (LiteRT
-downcasts int64).
+with float parity near 1e-6 on our models, and it is Google's maintained path. Its models
+have fixed shapes, so a bundle's .tflite holds one signature per shape, sharing the weights
+(``build.signatures`` in the manifest): a text model one per sequence length (max_length and
+up to three halvings, ``len_N``), so a short text runs at a short text's cost; an image model
+one at its own size. The torch-free runner adapts each sample: text goes to the shortest
+signature that holds it, padded (pad id, mask 0: the logits do not change); images are
+resized to the model's size with the same bilinear resize as the graph
+(``edgesdk.runtime.resize``) and fed as float pixels, so the in-graph resize is an identity.
+Inputs are int32 (LiteRT downcasts int64).
 
 int8: the first of ai-edge-quantizer's recipes that keeps the int8 budget, judged as edgesdk's
 calibration judges (on the verification data when given):
@@ -28,6 +30,7 @@ tensor the model computes is an integer one (``integer_only``, with the float ex
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,7 @@ from edgesdk.runtime.runner import import_runtime
 from .base import TARGETS, Target
 from .tflite_int8 import float_layer_weights, quantize_full_integer
 
-__all__ = ["TfliteTarget"]
+__all__ = ["TfliteTarget", "convert_signatures", "sequence_lengths"]
 
 RECIPES = {  # edgesdk's name: (ai-edge-quantizer's recipe, what it is)
     "full_integer": ("static_wi8_ai8", "full integer: int8 weights per channel, int8 activations with calibrated "
@@ -50,15 +53,25 @@ RECIPES = {  # edgesdk's name: (ai-edge-quantizer's recipe, what it is)
 }
 
 
-def _fixed_inputs(classifier: Any) -> tuple:
-    """One sample of the fixed shape the TFLite model takes: text at max_length, images as
-    float pixels at the model's own size."""
+SIGNATURES = 4  # sequence lengths of a text model: max_length, and halved down to MIN_LENGTH
+MIN_LENGTH = 8
+
+
+def sequence_lengths(max_length: int) -> list[int]:
+    """The sequence lengths a text model gets a signature for: ``max_length`` and up to three
+    halvings of it (not below ``MIN_LENGTH``)."""
+    return sorted({min(max_length, max(MIN_LENGTH, max_length >> k)) for k in range(SIGNATURES)})
+
+
+def _signatures(classifier: Any) -> dict[str, tuple]:
+    """One sample per signature of the TFLite model: text at each of ``sequence_lengths``
+    (``len_N``), images as float pixels at the model's own size (``serving_default``)."""
     import torch
 
     pre = classifier.spec.preprocessing
     if classifier.spec.kind == "image":
-        return (torch.zeros((1, *pre.size, pre.channels), dtype=torch.float32),)
-    return classifier.example_inputs(batch=1, length=pre.max_length)
+        return {"serving_default": (torch.zeros((1, *pre.size, pre.channels), dtype=torch.float32),)}
+    return {f"len_{n}": classifier.example_inputs(batch=1, length=n) for n in sequence_lengths(pre.max_length)}
 
 
 @TARGETS.register("tflite")
@@ -69,26 +82,27 @@ class TfliteTarget(Target):
     distribution = "ai-edge-litert"
     precisions = ("fp32", "int8")
     model_file = "model.tflite"
+    purposes = {"model.tflite": "the model: ai-edge-litert (LiteRT) runs it, one signature per input shape"}
 
     def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
         litert_torch = import_runtime("litert_torch", self.extra)
         import_runtime("ai_edge_litert.interpreter", self.extra)
-        litert_torch.config.show_progress = False
         classifier = artifacts.classifier
-        sample = _fixed_inputs(classifier)
+        signatures = _signatures(classifier)
         notes: dict[str, Any] = {
             "converter": f"litert-torch {getattr(litert_torch, '__version__', '')}".strip(),
-            "fixed_inputs": {t.name: list(x.shape) for t, x in zip(classifier.spec.inputs, sample)},
+            "signatures": {name: {t.name: list(x.shape) for t, x in zip(classifier.spec.inputs, sample)}
+                           for name, sample in signatures.items()},
         }
+        float_model = artifacts.workdir / "model.fp32.tflite"
+        if not float_model.exists():  # converted once for both precisions
+            convert_signatures(litert_torch, classifier.graph().eval(), signatures, float_model)
         out = folder / self.model_file
         if precision == "fp32":
-            litert_torch.convert(classifier.graph().eval(), sample).export(str(out))
+            shutil.copyfile(float_model, out)
             return notes
         calibration = artifacts.calibration()
-        float_model = artifacts.workdir / "model.fp32.tflite"
-        if not float_model.exists():
-            litert_torch.convert(classifier.graph().eval(), sample).export(str(float_model))
-        notes.update(self._quantize(float_model, out, artifacts), **self.write_ranges(calibration, folder))
+        notes.update(self._quantize(float_model, out, artifacts), calibration=calibration.summary())
         return notes
 
     def _quantize(self, float_model: Path, out: Path, artifacts: Any) -> dict[str, Any]:
@@ -144,6 +158,16 @@ class TfliteTarget(Target):
         return {"int8": RECIPES[chosen][1], "recipe": chosen, "quantizer": "ai-edge-quantizer",
                 "recipes_tried": tried, "judged_on": judged_on, "activation_ranges": ranges_used, **extra,
                 **(_integer_only(out) if chosen == "full_integer" else {"integer_only": False})}
+
+
+def convert_signatures(litert_torch: Any, graph: Any, signatures: dict[str, tuple], out: Path) -> None:
+    """Convert ``graph`` with one signature per sample of ``signatures`` (their weights shared)."""
+    litert_torch.config.show_progress = False
+    converter = None
+    for name, sample in signatures.items():
+        converter = (litert_torch.signature(name, graph, sample) if converter is None
+                     else converter.signature(name, graph, sample))
+    converter.convert().export(str(out))
 
 
 def _integer_only(model: Path) -> dict[str, Any]:
