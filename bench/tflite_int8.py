@@ -183,10 +183,12 @@ def _print(name: str, result: dict) -> None:
           f"{result['float_layers']} float layers)")
     labels = next(iter(v["latency_ms"] for v in result["variants"].values() if "latency_ms" in v))
     print_table(["variant", "agree", "acc", "bytes", "int ops", *(f"ms {k}" for k in labels)],
-                [[name, "refused: " + row["error"][:60]] if "error" in row else
-                 [name, f"{row['agreement']:.2%}", f"{row['accuracy']:.2%}", f"{row['bytes_ratio']:.1%}",
+                [[name, f"{row['agreement']:.2%}", f"{row['accuracy']:.2%}", f"{row['bytes_ratio']:.1%}",
                   f"{row['integer_op_share']:.0%}", *(f"{row['latency_ms'][k]:.2f}" for k in labels)]
-                 for name, row in result["variants"].items()])
+                 for name, row in result["variants"].items() if "error" not in row])
+    for name, row in result["variants"].items():
+        if "error" in row:
+            print(f"{name}: not written ({row['error']})")
 
 
 def main() -> None:

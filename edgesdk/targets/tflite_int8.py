@@ -19,7 +19,7 @@ TensorRT int8 bundles are built from):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ __all__ = ["StaticPlan", "float_layer_weights", "quantize_full_integer", "static
 
 PIXEL_RANGE = (0.0, 255.0)
 
-WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL", "TRANSPOSE_CONV")
+WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL", "CONV_2D_TRANSPOSE")
 
 
 @dataclass
@@ -59,49 +59,46 @@ def float_layer_weights(onnx_model: Path, float_layers: Sequence[dict[str, Any]]
             if n.name in wanted and len(n.input) > 1 and n.input[1] in constants}
 
 
-def _scope(names: Iterable[str]) -> str:
-    """ai-edge-quantizer's regex for exactly the op whose outputs are ``names``."""
-    return "^" + re.escape(";".join(names)) + ";$"
-
-
 def static_plan(float_model: Path, weights: dict[str, np.ndarray]) -> StaticPlan:
     """The static int8 recipe for ``float_model`` keeping the ops that hold ``weights`` float."""
-    from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
 
     manager = recipe_manager.RecipeManager()
     manager.add_static_config(regex=".*", operation_name="*", activation_num_bits=8, weight_num_bits=8,
                               algorithm_key=AlgorithmName.MIN_MAX_UNIFORM_QUANT)
-    interpreter = Interpreter(model_path=str(float_model))
-    tensors = interpreter.get_tensor_details()
-    ops = interpreter._get_ops_details()  # noqa: SLF001 - the interpreter's only listing of ops
+    model = tfl.read_model(str(float_model))
     prints = {layer: np.sort(w.ravel()) for layer, w in weights.items()}
-    float_tensors, matched = set(), []
-    for op in ops:
-        layer = op["op_name"] in WEIGHT_OPS and _layer_of(interpreter, op, prints)
-        if layer:
-            matched.append(layer)
-            float_tensors.update(op["outputs"])
-            _keep_float(manager, [tensors[t]["name"] for t in op["outputs"]])
-    outputs = {d["index"] for d in interpreter.get_output_details()}
-    for op in ops:  # what reads a float model output stays float, and so on downstream
-        if set(op["inputs"]) & float_tensors & outputs:
-            float_tensors.update(op["outputs"])
-            outputs.update(op["outputs"])
-            _keep_float(manager, [tensors[t]["name"] for t in op["outputs"]])
-    if float_tensors & outputs:
-        manager.add_quantization_config(regex=".*", operation_name="OUTPUT", algorithm_key=AlgorithmName.NO_QUANTIZE)
+    matched, keep_float = [], []
+    for graph in model.subgraphs:
+        float_tensors, outputs = set(), set(graph.outputs)
+        for op in graph.operators:
+            kind = tfl.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
+            layer = kind in WEIGHT_OPS and _layer_of(op, graph, model.buffers, prints)
+            reads_float_output = bool(set(op.inputs) & float_tensors & outputs)
+            if layer or reads_float_output:  # what reads a float model output stays float, and so on downstream
+                matched += [layer] if layer else []
+                float_tensors.update(op.outputs)
+                outputs.update(op.outputs if reads_float_output else [])
+                keep_float.append(tfl.get_op_scope(op, graph.tensors))
+        if float_tensors & set(graph.outputs):
+            keep_float.append(None)  # the model's outputs stay float
+    for scope in keep_float:
+        manager.add_quantization_config(regex=".*" if scope is None else "^" + re.escape(scope) + "$",
+                                        operation_name="OUTPUT" if scope is None else "*",
+                                        algorithm_key=AlgorithmName.NO_QUANTIZE)
     return StaticPlan(manager.get_quantization_recipe(), sorted(matched), sorted(set(weights) - set(matched)))
 
 
-def _layer_of(interpreter: Any, op: dict[str, Any], prints: dict[str, np.ndarray]) -> str | None:
+def _layer_of(op: Any, graph: Any, buffers: list, prints: dict[str, np.ndarray]) -> str | None:
     """The float layer whose weight ``op`` holds (same values, any layout), if any."""
-    if len(op["inputs"]) < 2 or op["inputs"][1] < 0:
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
+
+    if len(op.inputs) < 2 or op.inputs[1] < 0:
         return None
-    try:
-        weight = interpreter.get_tensor(op["inputs"][1])
-    except ValueError:  # an activation, not a constant
+    weight = tfl.get_tensor_data(graph.tensors[op.inputs[1]], buffers)
+    if weight is None:  # an activation, not a constant
         return None
     values = None
     for layer, sorted_weight in prints.items():
@@ -112,24 +109,17 @@ def _layer_of(interpreter: Any, op: dict[str, Any], prints: dict[str, np.ndarray
     return None
 
 
-def _keep_float(manager: Any, outputs: list[str]) -> None:
-    from ai_edge_quantizer.algorithm_manager import AlgorithmName
-
-    manager.add_quantization_config(regex=_scope(outputs), operation_name="*",
-                                    algorithm_key=AlgorithmName.NO_QUANTIZE)
-
-
-def edgesdk_ranges(float_model: Path, quantizer_ranges: dict[str, Any], samples: Sequence[dict[str, np.ndarray]],
-                   method: str, mask_arg: str | None) -> dict[str, Any]:
+def edgesdk_ranges(float_model: Path, quantizer_ranges: dict[str, Any], signature: str,
+                   samples: Sequence[dict[str, np.ndarray]], method: str, mask_arg: str | None) -> dict[str, Any]:
     """``quantizer_ranges`` (ai-edge-quantizer's calibration result) with each activation's
-    min/max replaced by edgesdk's ``method`` range over ``samples`` run through the float model;
-    positions where ``mask_arg`` (the attention mask) is 0 are left out."""
+    min/max replaced by edgesdk's ``method`` range over ``samples`` run through ``signature`` of
+    the float model; positions where ``mask_arg`` (the attention mask) is 0 are left out."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(float_model), experimental_preserve_all_tensors=True)
     index = {t["name"]: t["index"] for t in interpreter.get_tensor_details()}
     histograms = {name: Histogram() for name in quantizer_ranges if name in index}
-    run = interpreter.get_signature_runner()
+    run = interpreter.get_signature_runner(signature)
     for sample in samples:
         run(**sample)
         mask = sample[mask_arg].astype(bool) if mask_arg else None
@@ -160,7 +150,8 @@ def quantize_full_integer(runner: Any, out: Path, encoder: Any, items: Sequence[
     samples = [runner.model_inputs(feeds, i) for _, feeds in encoder.batches(encoder.encode(items), 32)
                for i in range(len(next(iter(feeds.values()))))]
     mask = runner.inputs["attention_mask"][0] if "attention_mask" in runner.inputs else None
-    ranges = edgesdk_ranges(float_model, q.calibrate({runner.signature: samples}), samples, method, mask)
+    ranges = edgesdk_ranges(float_model, q.calibrate({runner.signature: samples}), runner.signature, samples, method,
+                            mask)
     pixels = runner.tensor_names[runner.inputs[spec.inputs[0].name][0]]
     if spec.kind == "image" and pixels in ranges:
         ranges[pixels] = {**ranges[pixels], "min": np.array(PIXEL_RANGE[0], np.float32),
