@@ -7,7 +7,8 @@ verification split), and from the same float .tflite the bench writes every vari
 
 - ``dynamic_range``: ai-edge-quantizer's dynamic-range recipe;
 - ``full_integer``: edgesdk's full-integer model (its range method, its float layers);
-- ``full_integer_all_int8``: the same with no layer kept float;
+- ``full_integer_all_int8``: the same with no layer kept float (text: both from the one-length
+  model below, as edgesdk calibrates one signature);
 - text only, ``*_one_length``: fp32 and dynamic range as the bundles were before signatures
   per sequence length (one signature at max_length), for the short-text figures.
 
@@ -108,7 +109,7 @@ def _variants(case: dict, work: Path) -> dict[str, Path | str]:
     weights = float_layer_weights(case["folder"] / "onnx-fp32" / "model.onnx", calibration["float_layers"])
     for name, kept in (("full_integer", weights), ("full_integer_all_int8", {})):
         try:
-            with TfliteTarget.runner(fp32.path / "model.tflite", fp32.spec) as runner:
+            with TfliteTarget.runner(case.get("fixed", fp32.path / "model.tflite"), fp32.spec) as runner:
                 quantize_full_integer(runner, work / f"{name}.tflite", fp32.encoder, case["calibration"],
                                       calibration["method"], kept)
             variants[name] = work / f"{name}.tflite"
