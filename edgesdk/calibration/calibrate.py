@@ -35,7 +35,7 @@ from edgesdk.errors import InputError
 from edgesdk.stats import labels_to_show, paired_drop_upper, samples_to_show, wilson_interval
 
 from .divergence import layer_divergence
-from .observers import Histogram
+from .observers import Histogram, unpadded
 from .onnx_run import onnx_logits, run_outputs
 from .qdq import QuantNode, activation_qparams, qdq_model, quantizable_nodes
 from .ranges import RANGE_METHODS, activation_range
@@ -297,8 +297,7 @@ def _observe(model: Any, rows: list, encoder, names: list[str], channels: set[st
     for feeds, outputs in run_outputs(model, wanted, rows, encoder, batch_size=8):
         mask = feeds.get("attention_mask")
         for name, value in outputs.items():
-            if mask is not None and value.shape[:2] == mask.shape:  # padded positions are not real inputs
-                value = value[mask.astype(bool)]
+            value = unpadded(value, mask)
             if name in histograms:
                 histograms[name].update(value)
             if name in maxima:

@@ -11,7 +11,7 @@ import numpy as np
 
 from edgesdk.errors import InputError
 
-__all__ = ["Histogram"]
+__all__ = ["Histogram", "unpadded"]
 
 
 class Histogram:
@@ -50,3 +50,11 @@ class Histogram:
         centers = (self.edges[:-1] + self.edges[1:]) / 2
         self.lo, self.hi = lo, hi
         self.counts = np.histogram(centers, self.bins, (lo, hi), weights=self.counts)[0]
+
+
+def unpadded(value: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``value`` without its padded token positions (``mask`` 0) when its leading dims are the
+    mask's (batch, sequence); padded positions are not real inputs. Other values as they are."""
+    if mask is not None and value.shape[:2] == mask.shape:
+        return value[mask.astype(bool)]
+    return value

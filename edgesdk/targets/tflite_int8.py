@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgesdk.calibration.observers import Histogram
+from edgesdk.calibration.observers import Histogram, unpadded
 from edgesdk.calibration.ranges import activation_range
 
 __all__ = ["StaticPlan", "float_layer_weights", "quantize_full_integer", "static_plan", "edgesdk_ranges"]
@@ -122,11 +122,9 @@ def edgesdk_ranges(float_model: Path, quantizer_ranges: dict[str, Any], signatur
     run = interpreter.get_signature_runner(signature)
     for sample in samples:
         run(**sample)
-        mask = sample[mask_arg].astype(bool) if mask_arg else None
+        mask = sample[mask_arg] if mask_arg else None
         for name, histogram in histograms.items():
-            value = interpreter.get_tensor(index[name])
-            if mask is not None and value.shape[:2] == mask.shape:
-                value = value[mask]
+            value = unpadded(interpreter.get_tensor(index[name]), mask)
             histogram.update(value[np.isfinite(value)])  # no int8 range holds an infinite mask value
     out = dict(quantizer_ranges)
     for name, histogram in histograms.items():
