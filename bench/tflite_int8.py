@@ -6,9 +6,10 @@ edgesdk (onnx and tflite, fp32 and int8: 300 calibration samples, float layers j
 verification split), and from the same float .tflite the bench writes every variant:
 
 - ``dynamic_range``: ai-edge-quantizer's dynamic-range recipe;
-- ``full_integer``: edgesdk's full-integer model (its range method, its float layers);
-- ``full_integer_all_int8``: the same with no layer kept float (text: both from the one-length
-  model below, as edgesdk calibrates one signature);
+- ``full_integer``: edgesdk's full-integer model (its range method, its float layers; text:
+  int8 activations around the weight layers only, the other ops float);
+- ``full_integer_all_int8``: the same with no layer kept float;
+- text only, ``full_integer_every_op``: every op int8 (softmax, LayerNorm, GELU...), no float layer;
 - text only, ``*_one_length``: fp32 and dynamic range as the bundles were before signatures
   per sequence length (one signature at max_length), for the short-text figures.
 
@@ -107,11 +108,14 @@ def _variants(case: dict, work: Path) -> dict[str, Path | str]:
         q.quantize(None, enable_progress_report=False).export_model(str(work / "dynamic_range_one_length.tflite"))
         variants["dynamic_range_one_length"] = work / "dynamic_range_one_length.tflite"
     weights = float_layer_weights(case["folder"] / "onnx-fp32" / "model.onnx", calibration["float_layers"])
-    for name, kept in (("full_integer", weights), ("full_integer_all_int8", {})):
+    full = [("full_integer", weights, None), ("full_integer_all_int8", {}, None)]
+    if fp32.spec.kind == "text":  # every op int8, not only the weight layers
+        full.append(("full_integer_every_op", {}, False))
+    for name, kept, weight_layers_only in full:
         try:
-            with TfliteTarget.runner(case.get("fixed", fp32.path / "model.tflite"), fp32.spec) as runner:
+            with TfliteTarget.runner(fp32.path / "model.tflite", fp32.spec) as runner:
                 quantize_full_integer(runner, work / f"{name}.tflite", fp32.encoder, case["calibration"],
-                                      calibration["method"], kept)
+                                      calibration["method"], kept, weight_layers_only)
             variants[name] = work / f"{name}.tflite"
         except Exception as e:  # the bench reports what the quantizer refuses, and goes on
             variants[name] = f"{type(e).__name__}: {str(e)[:200]}"

@@ -54,7 +54,43 @@ def test_tflite_int8_is_full_integer_on_images_with_edgesdk_float_layers(demo_ou
     onnx_int8 = json.loads((demo_out / "image" / "onnx-int8" / "manifest.json").read_text())["build"]
     assert image["float_layers"] == sorted(f["layer"] for f in onnx_int8["calibration"]["float_layers"])
     assert image["float_layers_not_found"] == [] and image["integer_only"] == (not image["float_layers"])
-    assert "full_integer" not in [t["recipe"] for t in text["recipes_tried"]]  # full-integer MiniLM: 81-82% (bench)
+    assert text["recipes_tried"][0]["recipe"] == "full_integer"  # tried first; kept only where it meets the gate
+    assert text["recipes_tried"][0]["samples"] == 722
+
+
+def test_full_integer_text_tflite_quantizes_its_weight_layers_in_every_signature(demo_out, tmp_path):
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
+
+    from edgesdk.targets.tflite_int8 import quantize_full_integer
+    from edgesdk.targets.tflite_runtime import TfliteTarget
+
+    bundle = load_bundle(demo_out / "text" / "tflite-fp32")
+    texts = (demo_out / "data" / "topics-corpus.txt").read_text(encoding="utf-8").splitlines()
+    with TfliteTarget.runner(bundle.path / "model.tflite", bundle.spec) as runner:
+        static = quantize_full_integer(runner, tmp_path / "int8.tflite", bundle.encoder, texts[:100], "mse", {})
+        signatures = list(runner.signatures)
+    assert not static.float_layers and len(signatures) == 4
+    model = tfl.read_model(str(tmp_path / "int8.tflite"))
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    int8 = tfl.TENSOR_TYPE_TO_CODE["INT8"]
+    for graph in model.subgraphs:  # one per signature
+        ops = [(names[model.operatorCodes[op.opcodeIndex].builtinCode], op) for op in graph.operators]
+        connected = [op for kind, op in ops if kind == "FULLY_CONNECTED"]
+        int8_in = [op for op in connected if graph.tensors[op.inputs[0]].type == int8]
+        assert len(int8_in) == len(connected) - 1  # all but the one writing the logits (a model output)
+        assert all(graph.tensors[op.inputs[1]].type == int8 for op in int8_in)
+        others = {kind for kind, op in ops if kind not in ("FULLY_CONNECTED", "QUANTIZE", "DEQUANTIZE")
+                  and any(graph.tensors[t].type == int8 for t in op.outputs)}
+        assert not others  # softmax, LayerNorm, GELU, attention stay float
+    rows = bundle.encoder.encode(texts[100:400])
+    float_logits = bundle.run_rows(rows)["logits"]
+    with TfliteTarget.runner(tmp_path / "int8.tflite", bundle.spec) as runner:
+        used = {runner.signature_for(f, i) for _, f in bundle.encoder.batches(rows, 32)
+                for i in range(len(f["input_ids"]))}
+        assert len(used) >= 2  # texts of several lengths, each in its own signature
+        logits = bundle.run_rows(rows, runner=runner)["logits"]
+    assert (logits.argmax(1) == float_logits.argmax(1)).mean() >= 0.9
 
 
 def test_full_integer_tflite_takes_exact_int8_pixels_and_keeps_float_layers_float(demo_out, tmp_path):

@@ -59,47 +59,73 @@ def float_layer_weights(onnx_model: Path, float_layers: Sequence[dict[str, Any]]
             if n.name in wanted and len(n.input) > 1 and n.input[1] in constants}
 
 
-def static_plan(float_model: Path, weights: dict[str, np.ndarray]) -> StaticPlan:
-    """The static int8 recipe for ``float_model`` keeping the ops that hold ``weights`` float."""
+def static_plan(float_model: Path, weights: dict[str, np.ndarray], weight_layers_only: bool = False) -> StaticPlan:
+    """The static int8 recipe for ``float_model`` keeping the ops that hold ``weights`` float.
+
+    ``weight_layers_only``: only ops with a constant weight (fully connected, convolutions) get
+    int8 activations; every other op stays float, and so does any op writing a model output
+    (XNNPACK cannot hand out a dequantized output that a float op also reads).
+    """
     from ai_edge_quantizer import recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
 
     manager = recipe_manager.RecipeManager()
-    manager.add_static_config(regex=".*", operation_name="*", activation_num_bits=8, weight_num_bits=8,
-                              algorithm_key=AlgorithmName.MIN_MAX_UNIFORM_QUANT)
     model = tfl.read_model(str(float_model))
-    prints = {layer: np.sort(w.ravel()) for layer, w in weights.items()}
-    matched, keep_float = [], []
+    prints = weight_prints(weights)
+    matched, quantized, keep_float = [], [], []
     for graph in model.subgraphs:
         float_tensors, outputs = set(), set(graph.outputs)
         for op in graph.operators:
             kind = tfl.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
-            layer = kind in WEIGHT_OPS and _layer_of(op, graph, model.buffers, prints)
+            weight = _constant_weight(op, graph, model.buffers) if kind in WEIGHT_OPS else None
+            layer = weight is not None and matching_layer(weight, prints)
             reads_float_output = bool(set(op.inputs) & float_tensors & outputs)
             if layer or reads_float_output:  # what reads a float model output stays float, and so on downstream
                 matched += [layer] if layer else []
                 float_tensors.update(op.outputs)
                 outputs.update(op.outputs if reads_float_output else [])
                 keep_float.append(tfl.get_op_scope(op, graph.tensors))
+            elif weight is not None and not (weight_layers_only and set(op.outputs) & outputs):
+                quantized.append((kind, tfl.get_op_scope(op, graph.tensors)))
         if float_tensors & set(graph.outputs):
             keep_float.append(None)  # the model's outputs stay float
+    if weight_layers_only:
+        for kind, scope in quantized:
+            manager.add_static_config(regex=_exactly(scope), operation_name=kind, **_INT8)
+    else:
+        manager.add_static_config(regex=".*", operation_name="*", **_INT8)
     for scope in keep_float:
-        manager.add_quantization_config(regex=".*" if scope is None else "^" + re.escape(scope) + "$",
+        manager.add_quantization_config(regex=".*" if scope is None else _exactly(scope),
                                         operation_name="OUTPUT" if scope is None else "*",
                                         algorithm_key=AlgorithmName.NO_QUANTIZE)
     return StaticPlan(manager.get_quantization_recipe(), sorted(matched), sorted(set(weights) - set(matched)))
 
 
-def _layer_of(op: Any, graph: Any, buffers: list, prints: dict[str, np.ndarray]) -> str | None:
-    """The float layer whose weight ``op`` holds (same values, any layout), if any."""
+_INT8 = {"activation_num_bits": 8, "weight_num_bits": 8}
+
+
+def _exactly(scope: str) -> str:
+    """A recipe regex matching one op scope."""
+    return "^" + re.escape(scope) + "$"
+
+
+def _constant_weight(op: Any, graph: Any, buffers: list) -> np.ndarray | None:
+    """The constant weight ``op`` reads (its second input), or None when that is an activation."""
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
 
     if len(op.inputs) < 2 or op.inputs[1] < 0:
         return None
-    weight = tfl.get_tensor_data(graph.tensors[op.inputs[1]], buffers)
-    if weight is None:  # an activation, not a constant
-        return None
+    return tfl.get_tensor_data(graph.tensors[op.inputs[1]], buffers)
+
+
+def weight_prints(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each layer's weight values, sorted: what identifies it in any layout."""
+    return {layer: np.sort(w.ravel()) for layer, w in weights.items()}
+
+
+def matching_layer(weight: np.ndarray, prints: dict[str, np.ndarray]) -> str | None:
+    """The layer of ``prints`` whose weight holds the same values as ``weight`` (any layout), if any."""
     values = None
     for layer, sorted_weight in prints.items():
         if sorted_weight.size == weight.size:
@@ -109,23 +135,28 @@ def _layer_of(op: Any, graph: Any, buffers: list, prints: dict[str, np.ndarray])
     return None
 
 
-def edgesdk_ranges(float_model: Path, quantizer_ranges: dict[str, Any], signature: str,
-                   samples: Sequence[dict[str, np.ndarray]], method: str, mask_arg: str | None) -> dict[str, Any]:
+def edgesdk_ranges(float_model: Path, quantizer_ranges: dict[str, Any], samples: dict[str, list[dict[str, np.ndarray]]],
+                   method: str, mask_arg: str | None) -> dict[str, Any]:
     """``quantizer_ranges`` (ai-edge-quantizer's calibration result) with each activation's
-    min/max replaced by edgesdk's ``method`` range over ``samples`` run through ``signature`` of
+    min/max replaced by edgesdk's ``method`` range over ``samples`` (per signature) run through
     the float model; positions where ``mask_arg`` (the attention mask) is 0 are left out."""
     from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer.utils.tfl_interpreter_utils import get_signature_main_subgraph_index
 
     interpreter = Interpreter(model_path=str(float_model), experimental_preserve_all_tensors=True)
-    index = {t["name"]: t["index"] for t in interpreter.get_tensor_details()}
-    histograms = {name: Histogram() for name in quantizer_ranges if name in index}
-    run = interpreter.get_signature_runner(signature)
-    for sample in samples:
-        run(**sample)
-        mask = sample[mask_arg] if mask_arg else None
-        for name, histogram in histograms.items():
-            value = unpadded(interpreter.get_tensor(index[name]), mask)
-            histogram.update(value[np.isfinite(value)])  # no int8 range holds an infinite mask value
+    histograms: dict[str, Histogram] = {}
+    for signature, signature_samples in samples.items():
+        subgraph = get_signature_main_subgraph_index(interpreter, signature)
+        index = {t["name"]: t["index"] for t in interpreter.get_tensor_details(subgraph)
+                 if t["name"] in quantizer_ranges}  # tensor names are unique across signatures
+        histograms.update({name: Histogram() for name in index})
+        run = interpreter.get_signature_runner(signature)
+        for sample in signature_samples:
+            run(**sample)
+            mask = sample[mask_arg] if mask_arg else None
+            for name, i in index.items():
+                value = unpadded(interpreter.get_tensor(i, subgraph), mask)
+                histograms[name].update(value[np.isfinite(value)])  # no int8 range holds an infinite mask value
     out = dict(quantizer_ranges)
     for name, histogram in histograms.items():
         if histogram.total:
@@ -135,21 +166,25 @@ def edgesdk_ranges(float_model: Path, quantizer_ranges: dict[str, Any], signatur
 
 
 def quantize_full_integer(runner: Any, out: Path, encoder: Any, items: Sequence[Any], method: str,
-                          weights: dict[str, np.ndarray]) -> StaticPlan:
+                          weights: dict[str, np.ndarray], weight_layers_only: bool | None = None) -> StaticPlan:
     """Write the full-integer model of ``runner``'s float .tflite to ``out``: ranges by edgesdk's
-    ``method`` over ``items`` (edgesdk's calibration samples), the ops holding ``weights`` (edgesdk's
-    float layers) float, and the pixel input's range 0..255 (so int8 pixels are exact)."""
+    ``method`` over ``items`` (edgesdk's calibration samples; every signature sees every sample,
+    cut or padded to its length), the ops holding ``weights`` (edgesdk's float layers) float, and
+    the pixel input's range 0..255 (so int8 pixels are exact). ``weight_layers_only``
+    (``static_plan``'s; by default for text models) quantizes only the layers with weights."""
     from ai_edge_quantizer import quantizer
 
     float_model, spec = runner.model_path, runner.spec
-    static = static_plan(float_model, weights)
+    only = spec.kind == "text" if weight_layers_only is None else weight_layers_only
+    static = static_plan(float_model, weights, weight_layers_only=only)
     q = quantizer.Quantizer(str(float_model))
     q.load_quantization_recipe(static.recipe)
-    samples = [runner.model_inputs(feeds, i) for _, feeds in encoder.batches(encoder.encode(items), 32)
-               for i in range(len(next(iter(feeds.values()))))]
+    rows = encoder.encode(items)
+    samples = {signature: [runner.model_inputs(feeds, i, signature) for _, feeds in encoder.batches(rows, 32)
+                           for i in range(len(next(iter(feeds.values()))))] for signature in runner.signatures}
     mask = runner.inputs["attention_mask"][0] if "attention_mask" in runner.inputs else None
-    ranges = edgesdk_ranges(float_model, q.calibrate({runner.signature: samples}), runner.signature, samples, method,
-                            mask)
+    tensors = q.calibrate({signature: found[:1] for signature, found in samples.items()})  # which need ranges
+    ranges = edgesdk_ranges(float_model, tensors, samples, method, mask)  # every one: edgesdk's, over all samples
     pixels = runner.tensor_names[runner.inputs[spec.inputs[0].name][0]]
     if spec.kind == "image" and pixels in ranges:
         ranges[pixels] = {**ranges[pixels], "min": np.array(PIXEL_RANGE[0], np.float32),
