@@ -64,7 +64,8 @@ def static_plan(float_model: Path, weights: dict[str, np.ndarray], weight_layers
 
     ``weight_layers_only``: only ops with a constant weight (fully connected, convolutions) get
     int8 activations; every other op stays float, and so does any op writing a model output
-    (XNNPACK cannot hand out a dequantized output that a float op also reads).
+    (XNNPACK cannot hand out a dequantized output that a float op also reads). Embedding tables
+    are int8, their rows looked up into float.
     """
     from ai_edge_quantizer import recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
@@ -90,7 +91,8 @@ def static_plan(float_model: Path, weights: dict[str, np.ndarray], weight_layers
                 quantized.append((kind, tfl.get_op_scope(op, graph.tensors)))
         if float_tensors & set(graph.outputs):
             keep_float.append(None)  # the model's outputs stay float
-    if weight_layers_only:
+    if weight_layers_only:  # embedding tables: int8 rows, looked up into float
+        manager.add_weight_only_config(regex=".*", operation_name="EMBEDDING_LOOKUP", num_bits=8)
         for kind, scope in quantized:
             manager.add_static_config(regex=_exactly(scope), operation_name=kind, **_INT8)
     else:
