@@ -147,7 +147,7 @@ def edgesdk_ranges(float_model: Path, quantizer_ranges: dict[str, Any], samples:
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer.utils.tfl_interpreter_utils import get_signature_main_subgraph_index
 
-    interpreter = Interpreter(model_path=str(float_model), experimental_preserve_all_tensors=True)
+    interpreter = Interpreter(model_path=str(float_model), experimental_preserve_all_tensors=True, num_threads=2)
     histograms: dict[str, Histogram] = {}
     for signature, signature_samples in samples.items():
         subgraph = get_signature_main_subgraph_index(interpreter, signature)
