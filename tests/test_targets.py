@@ -59,10 +59,9 @@ def test_tflite_int8_is_full_integer_on_images_with_edgesdk_float_layers(demo_ou
 
 
 def test_full_integer_text_tflite_quantizes_its_weight_layers_in_every_signature(demo_out, tmp_path):
-    from ai_edge_litert import schema_py_generated as schema
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
 
-    from edgesdk.targets.tflite_int8 import quantize_full_integer
+    from edgesdk.targets.tflite_int8 import builtin_op_names, quantize_full_integer
     from edgesdk.targets.tflite_runtime import TfliteTarget
 
     bundle = load_bundle(demo_out / "text" / "tflite-fp32")
@@ -72,7 +71,7 @@ def test_full_integer_text_tflite_quantizes_its_weight_layers_in_every_signature
         signatures = list(runner.signatures)
     assert not static.float_layers and len(signatures) == 4
     model = tfl.read_model(str(tmp_path / "int8.tflite"))
-    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    names = builtin_op_names()
     int8 = tfl.TENSOR_TYPE_TO_CODE["INT8"]
     for graph in model.subgraphs:  # one per signature
         ops = [(names[model.operatorCodes[op.opcodeIndex].builtinCode], op) for op in graph.operators]

@@ -31,7 +31,8 @@ import numpy as np
 from edgesdk.calibration.observers import Histogram, unpadded
 from edgesdk.calibration.ranges import activation_range
 
-__all__ = ["StaticPlan", "float_layer_weights", "quantize_full_integer", "static_plan", "edgesdk_ranges"]
+__all__ = ["StaticPlan", "builtin_op_names", "float_layer_weights", "quantize_full_integer", "static_plan",
+           "edgesdk_ranges"]
 
 PIXEL_RANGE = (0.0, 255.0)
 
@@ -75,14 +76,14 @@ def static_plan(float_model: Path, weights: dict[str, np.ndarray], weight_layers
 
     manager = recipe_manager.RecipeManager()
     model = tfl.read_model(str(float_model))
-    prints = weight_prints(weights)
+    prints = _weight_prints(weights)
     matched, quantized, keep_float = [], [], []
     for graph in model.subgraphs:
         float_tensors, outputs = set(), set(graph.outputs)
         for op in graph.operators:
             kind = tfl.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
             weight = _constant_weight(op, graph, model.buffers) if kind in WEIGHT_OPS else None
-            layer = weight is not None and matching_layer(weight, prints)
+            layer = weight is not None and _matching_layer(weight, prints)
             reads_float_output = bool(set(op.inputs) & float_tensors & outputs)
             if layer or reads_float_output:  # what reads a float model output stays float, and so on downstream
                 matched += [layer] if layer else []
@@ -123,12 +124,19 @@ def _constant_weight(op: Any, graph: Any, buffers: list) -> np.ndarray | None:
     return tfl.get_tensor_data(graph.tensors[op.inputs[1]], buffers)
 
 
-def weight_prints(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def builtin_op_names() -> dict[int, str]:
+    """LiteRT's builtin op codes to their names (``FULLY_CONNECTED``...), from its own schema."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    return {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+
+
+def _weight_prints(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Each layer's weight values, sorted: what identifies it in any layout."""
     return {layer: np.sort(w.ravel()) for layer, w in weights.items()}
 
 
-def matching_layer(weight: np.ndarray, prints: dict[str, np.ndarray]) -> str | None:
+def _matching_layer(weight: np.ndarray, prints: dict[str, np.ndarray]) -> str | None:
     """The layer of ``prints`` whose weight holds the same values as ``weight`` (any layout), if any."""
     values = None
     for layer, sorted_weight in prints.items():

@@ -43,7 +43,7 @@ from edgesdk.runtime.encode import in_row_order
 from edgesdk.runtime.runner import import_runtime
 
 from .base import TARGETS, Target
-from .tflite_int8 import float_layer_weights, quantize_full_integer
+from .tflite_int8 import builtin_op_names, float_layer_weights, quantize_full_integer
 
 __all__ = ["TfliteTarget", "convert_signatures", "sequence_lengths"]
 
@@ -175,10 +175,9 @@ def convert_signatures(litert_torch: Any, graph: Any, signatures: dict[str, tupl
 def _integer_only(model: Path) -> dict[str, Any]:
     """Whether every tensor of ``model`` is an integer one; if not, the float tensors and how many
     ops of each kind compute in float (in one signature: all have the same ops)."""
-    from ai_edge_litert import schema_py_generated as schema
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
 
-    op_names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    op_names = builtin_op_names()
     flat = tfl.read_model(str(model))
     graph = flat.subgraphs[0]
     is_float = [tfl.TENSOR_CODE_TO_TYPE[t.type].startswith(("FLOAT", "BFLOAT")) for t in graph.tensors]
