@@ -13,9 +13,17 @@ TensorRT int8 bundles are built from):
 - **Which ops**: image models every op; text models only the layers with weights (every op
   int8 cost MiniLM 12 points of agreement, the weight layers alone about one).
 - **Float layers**: each layer edgesdk kept float is found in the .tflite by its weight (the
-  op whose constant holds the same values, in any layout) and left unquantized by the recipe.
-  When such an op's output is a model output, what reads it stays float too (LiteRT's XNNPACK
-  cannot hand out an output that also feeds a quantize op).
+  op whose constant holds the same values in any layout, or for a fully-connected layer the
+  same matrix up to one factor per input channel: LiteRT folds a LayerNorm's scale into the
+  layer it feeds) and stays float, its weight too (stored int8, weight-only, they cost the
+  demo's topic MiniLM one more answer of 722 and its gate). When such an op's output is a
+  model output, what reads it stays float too (LiteRT's XNNPACK cannot hand out an output that
+  also feeds a quantize op).
+- **More float layers where LiteRT needs them**: a LiteRT int8 op also writes an int8 output,
+  where edgesdk's ONNX int8 keeps a quantized layer's output float. On the demo's topic MiniLM
+  the early layers' query/key/value outputs cost 9 answers of 722 that way, which no range
+  method recovered, so the target keeps more of edgesdk's most sensitive layers float when the
+  budget needs them (``TfliteTarget``).
 """
 
 from __future__ import annotations
@@ -31,8 +39,8 @@ import numpy as np
 from edgesdk.calibration.observers import Histogram, unpadded
 from edgesdk.calibration.ranges import activation_range
 
-__all__ = ["StaticPlan", "builtin_op_names", "float_layer_weights", "quantize_full_integer", "static_plan",
-           "edgesdk_ranges"]
+__all__ = ["FullInteger", "StaticPlan", "builtin_op_names", "float_layer_weights", "quantize_full_integer",
+           "static_plan", "edgesdk_ranges"]
 
 PIXEL_RANGE = (0.0, 255.0)
 
@@ -70,29 +78,60 @@ def static_plan(float_model: Path, weights: dict[str, np.ndarray], weight_layers
     (XNNPACK cannot hand out a dequantized output that a float op also reads). Embedding tables
     are int8, their rows looked up into float.
     """
-    from ai_edge_quantizer import recipe_manager
-    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    return _recipe(_op_table(float_model, weights), set(weights), weight_layers_only)
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One op of a .tflite subgraph, as the recipe sees it."""
+
+    kind: str
+    scope: str
+    weighted: bool  # it reads a constant weight (fully connected, convolution)
+    layer: str | None  # the edgesdk layer whose weight that is, if any
+    inputs: frozenset[int]
+    outputs: tuple[int, ...]
+
+
+def _op_table(float_model: Path, weights: dict[str, np.ndarray]) -> list[tuple[list[_Op], set[int]]]:
+    """Each subgraph's ops (weights matched to the layers of ``weights``) and its outputs."""
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
 
-    manager = recipe_manager.RecipeManager()
     model = tfl.read_model(str(float_model))
     prints = _weight_prints(weights)
-    matched, quantized, keep_float = [], [], []
+    table = []
     for graph in model.subgraphs:
-        float_tensors, outputs = set(), set(graph.outputs)
+        ops = []
         for op in graph.operators:
             kind = tfl.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
             weight = _constant_weight(op, graph, model.buffers) if kind in WEIGHT_OPS else None
-            layer = weight is not None and _matching_layer(weight, prints)
-            reads_float_output = bool(set(op.inputs) & float_tensors & outputs)
+            ops.append(_Op(kind, tfl.get_op_scope(op, graph.tensors), weight is not None,
+                           None if weight is None else _matching_layer(weight, prints),
+                           frozenset(op.inputs), tuple(op.outputs)))
+        table.append((ops, set(graph.outputs)))
+    return table
+
+
+def _recipe(table: list[tuple[list[_Op], set[int]]], float_layers: set[str], weight_layers_only: bool) -> StaticPlan:
+    """``static_plan``'s recipe from an op table, the ops of ``float_layers`` kept float."""
+    from ai_edge_quantizer import recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    manager = recipe_manager.RecipeManager()
+    matched, quantized, keep_float = set(), [], []
+    for ops, graph_outputs in table:
+        float_tensors, outputs = set(), set(graph_outputs)
+        for op in ops:
+            layer = op.layer if op.layer in float_layers else None
+            reads_float_output = bool(op.inputs & float_tensors & outputs)
             if layer or reads_float_output:  # what reads a float model output stays float, and so on downstream
-                matched += [layer] if layer else []
+                matched.update([layer] if layer else [])
                 float_tensors.update(op.outputs)
                 outputs.update(op.outputs if reads_float_output else [])
-                keep_float.append(tfl.get_op_scope(op, graph.tensors))
-            elif weight is not None and not (weight_layers_only and set(op.outputs) & outputs):
-                quantized.append((kind, tfl.get_op_scope(op, graph.tensors)))
-        if float_tensors & set(graph.outputs):
+                keep_float.append(op.scope)
+            elif op.weighted and not (weight_layers_only and set(op.outputs) & outputs):
+                quantized.append((op.kind, op.scope))
+        if float_tensors & graph_outputs:
             keep_float.append(None)  # the model's outputs stay float
     if weight_layers_only:  # embedding tables: int8 rows, looked up into float
         manager.add_weight_only_config(regex=".*", operation_name="EMBEDDING_LOOKUP", num_bits=8)
@@ -104,7 +143,7 @@ def static_plan(float_model: Path, weights: dict[str, np.ndarray], weight_layers
         manager.add_quantization_config(regex=".*" if scope is None else _exactly(scope),
                                         operation_name="OUTPUT" if scope is None else "*",
                                         algorithm_key=AlgorithmName.NO_QUANTIZE)
-    return StaticPlan(manager.get_quantization_recipe(), sorted(matched), sorted(set(weights) - set(matched)))
+    return StaticPlan(manager.get_quantization_recipe(), sorted(matched), sorted(float_layers - matched))
 
 
 _INT8 = {"activation_num_bits": 8, "weight_num_bits": 8}
@@ -131,20 +170,41 @@ def builtin_op_names() -> dict[int, str]:
     return {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
 
 
-def _weight_prints(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each layer's weight values, sorted: what identifies it in any layout."""
-    return {layer: np.sort(w.ravel()) for layer, w in weights.items()}
+@dataclass(frozen=True)
+class _WeightPrint:
+    """What identifies a layer's weight in the .tflite: its values sorted (any layout) and, for a
+    matrix, both orientations with unit columns (LiteRT folds a LayerNorm's scale into the
+    weight of the fully-connected layer it feeds: one factor per input channel)."""
+
+    values: np.ndarray
+    unit_columns: tuple[np.ndarray, ...]
 
 
-def _matching_layer(weight: np.ndarray, prints: dict[str, np.ndarray]) -> str | None:
-    """The layer of ``prints`` whose weight holds the same values as ``weight`` (any layout), if any."""
+def _weight_prints(weights: dict[str, np.ndarray]) -> dict[str, _WeightPrint]:
+    return {layer: _WeightPrint(np.sort(w.ravel()), (_unit_columns(w), _unit_columns(w.T)) if w.ndim == 2 else ())
+            for layer, w in weights.items()}
+
+
+def _matching_layer(weight: np.ndarray, prints: dict[str, _WeightPrint]) -> str | None:
+    """The layer of ``prints`` whose weight ``weight`` is (a fully-connected one's is (out, in))."""
     values = None
-    for layer, sorted_weight in prints.items():
-        if sorted_weight.size == weight.size:
+    for layer, p in prints.items():
+        if p.values.size == weight.size:
             values = np.sort(weight.ravel()) if values is None else values
-            if np.allclose(values, sorted_weight, rtol=1e-5, atol=1e-7):
+            if np.allclose(values, p.values, rtol=1e-5, atol=1e-7):
                 return layer
+    columns = _unit_columns(weight) if weight.ndim == 2 else None
+    for layer, p in prints.items():
+        if columns is not None and any(c.shape == columns.shape and np.allclose(c, columns, rtol=1e-4, atol=1e-6)
+                                       for c in p.unit_columns):
+            return layer
     return None
+
+
+def _unit_columns(weight: np.ndarray) -> np.ndarray:
+    """``weight`` with each column divided by its largest-magnitude entry (sign included)."""
+    pivots = np.take_along_axis(weight, np.abs(weight).argmax(0)[None], 0)
+    return weight / np.where(pivots == 0, 1, pivots)
 
 
 def edgesdk_ranges(float_model: Path, quantizer_ranges: dict[str, Any], samples: dict[str, list[dict[str, np.ndarray]]],
@@ -177,30 +237,53 @@ def edgesdk_ranges(float_model: Path, quantizer_ranges: dict[str, Any], samples:
     return out
 
 
+class FullInteger:
+    """Full-integer models of one float .tflite from edgesdk's calibration: its ops matched to
+    edgesdk's layers and its ranges taken once, then written with any of those layers kept float.
+
+    ``runner`` runs the float model; ``items`` are edgesdk's calibration samples (every signature
+    sees every sample, cut or padded to its length) and ``method`` its range method; ``weights``
+    every layer that may be kept float, by name; ranges are taken for the ops quantized when
+    only ``float_layers`` are float (keep at least those float in ``write``). The pixel input's
+    range is 0..255, so int8 pixels are exact. ``weight_layers_only`` (``static_plan``'s; by
+    default for text models) quantizes only the layers with weights.
+    """
+
+    def __init__(self, runner: Any, encoder: Any, items: Sequence[Any], method: str, weights: dict[str, np.ndarray],
+                 float_layers: set[str], weight_layers_only: bool | None = None) -> None:
+        from ai_edge_quantizer import quantizer
+
+        self.float_model, spec = runner.model_path, runner.spec
+        self.weight_layers_only = spec.kind == "text" if weight_layers_only is None else weight_layers_only
+        self.table = _op_table(self.float_model, weights)
+        q = quantizer.Quantizer(str(self.float_model))
+        q.load_quantization_recipe(_recipe(self.table, float_layers, self.weight_layers_only).recipe)
+        rows = encoder.encode(items)
+        samples = {signature: [runner.model_inputs(feeds, i, signature) for _, feeds in encoder.batches(rows, 32)
+                               for i in range(len(next(iter(feeds.values()))))] for signature in runner.signatures}
+        mask = runner.inputs["attention_mask"][0] if "attention_mask" in runner.inputs else None
+        tensors = q.calibrate({signature: found[:1] for signature, found in samples.items()})  # which need ranges
+        self.ranges = edgesdk_ranges(self.float_model, tensors, samples, method, mask)  # edgesdk's, all samples
+        pixels = runner.tensor_names[runner.inputs[spec.inputs[0].name][0]]
+        if spec.kind == "image" and pixels in self.ranges:
+            self.ranges[pixels] = {**self.ranges[pixels], "min": np.array(PIXEL_RANGE[0], np.float32),
+                                   "max": np.array(PIXEL_RANGE[1], np.float32)}
+
+    def write(self, out: Path, float_layers: set[str]) -> StaticPlan:
+        """Write the model with the ops of ``float_layers`` float to ``out``."""
+        from ai_edge_quantizer import quantizer
+
+        static = _recipe(self.table, float_layers, self.weight_layers_only)
+        q = quantizer.Quantizer(str(self.float_model))
+        q.load_quantization_recipe(static.recipe)
+        Path(out).unlink(missing_ok=True)
+        q.quantize(self.ranges, enable_progress_report=False).export_model(str(out))
+        return static
+
+
 def quantize_full_integer(runner: Any, out: Path, encoder: Any, items: Sequence[Any], method: str,
                           weights: dict[str, np.ndarray], weight_layers_only: bool | None = None) -> StaticPlan:
-    """Write the full-integer model of ``runner``'s float .tflite to ``out``: ranges by edgesdk's
-    ``method`` over ``items`` (edgesdk's calibration samples; every signature sees every sample,
-    cut or padded to its length), the ops holding ``weights`` (edgesdk's float layers) float, and
-    the pixel input's range 0..255 (so int8 pixels are exact). ``weight_layers_only``
-    (``static_plan``'s; by default for text models) quantizes only the layers with weights."""
-    from ai_edge_quantizer import quantizer
-
-    float_model, spec = runner.model_path, runner.spec
-    only = spec.kind == "text" if weight_layers_only is None else weight_layers_only
-    static = static_plan(float_model, weights, weight_layers_only=only)
-    q = quantizer.Quantizer(str(float_model))
-    q.load_quantization_recipe(static.recipe)
-    rows = encoder.encode(items)
-    samples = {signature: [runner.model_inputs(feeds, i, signature) for _, feeds in encoder.batches(rows, 32)
-                           for i in range(len(next(iter(feeds.values()))))] for signature in runner.signatures}
-    mask = runner.inputs["attention_mask"][0] if "attention_mask" in runner.inputs else None
-    tensors = q.calibrate({signature: found[:1] for signature, found in samples.items()})  # which need ranges
-    ranges = edgesdk_ranges(float_model, tensors, samples, method, mask)  # every one: edgesdk's, over all samples
-    pixels = runner.tensor_names[runner.inputs[spec.inputs[0].name][0]]
-    if spec.kind == "image" and pixels in ranges:
-        ranges[pixels] = {**ranges[pixels], "min": np.array(PIXEL_RANGE[0], np.float32),
-                          "max": np.array(PIXEL_RANGE[1], np.float32)}
-    Path(out).unlink(missing_ok=True)
-    q.quantize(ranges, enable_progress_report=False).export_model(str(out))
-    return static
+    """Write the full-integer model of ``runner``'s float .tflite to ``out`` with the ops holding
+    ``weights`` (edgesdk's float layers) float; the rest as ``FullInteger``."""
+    full = FullInteger(runner, encoder, items, method, weights, set(weights), weight_layers_only)
+    return full.write(out, set(weights))

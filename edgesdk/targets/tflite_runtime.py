@@ -17,8 +17,11 @@ calibration judges (on the verification data when given):
 - ``full_integer``: int8 weights per channel and int8 activations with calibrated ranges, built
   from edgesdk's calibration (``tflite_int8``): the same range method over the same samples
   (every signature calibrated), and the same layers kept float (found by their weights; what
-  reads a float model output stays float too). Image models: every op, int8 pixels in (uint8
-  minus 128: the input's range is 0..255) and int8 outputs, for integer-only accelerators.
+  reads a float model output stays float too), plus as many of calibration's next most
+  sensitive layers as the budget needs (a LiteRT int8 layer also rounds its output to int8),
+  chosen by calibration's own search (``float_layers_added``, ``float_layer_search``). Image
+  models: every op, int8 pixels in (uint8 minus 128: the input's range is 0..255) and int8
+  outputs, for integer-only accelerators.
   Text models: the layers with weights (fully connected) and the embedding tables, every
   other op float (counted in ``float_ops``). Measured on MiniLM fine-tuned on SST-2
   (``bench/tflite_int8.py``): every op int8 kept 87.7% top-1 agreement; the weight layers
@@ -34,6 +37,7 @@ tensor the model computes is an integer one (``integer_only``, with the float ex
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +47,7 @@ from edgesdk.runtime.encode import in_row_order
 from edgesdk.runtime.runner import import_runtime
 
 from .base import TARGETS, Target
-from .tflite_int8 import builtin_op_names, float_layer_weights, quantize_full_integer
+from .tflite_int8 import FullInteger, builtin_op_names, float_layer_weights
 
 __all__ = ["TfliteTarget", "convert_signatures", "sequence_lengths"]
 
@@ -135,21 +139,20 @@ class TfliteTarget(Target):
 
         reference = logits_of(float_model)
         calibration = artifacts.calibration()
+
+        def judged(model: Path) -> dict[str, Any]:
+            return effect(reference, logits_of(model), labels)
+
         tried, chosen, extra = [], "", {}
         for chosen in RECIPES:
             if chosen == "full_integer":
-                weights = float_layer_weights(artifacts.onnx_fp32(), calibration.float_layers)
-                with self.runner(float_model, spec) as runner:
-                    static = quantize_full_integer(runner, out, encoder, calibrating, calibration.ranges["method"],
-                                                   weights)
-                extra = {"float_layers": static.float_layers, "float_layers_not_found": static.unmatched}
+                e, extra = self._full_integer(float_model, out, artifacts, calibrating, judged)
             else:
                 q = quantizer.Quantizer(str(float_model))
                 q.load_quantization_recipe(getattr(recipe, RECIPES[chosen][0])())
                 out.unlink(missing_ok=True)
                 q.quantize(None, enable_progress_report=False).export_model(str(out))
-                extra = {}
-            e = effect(reference, logits_of(out), labels)
+                e, extra = judged(out), {}
             tried.append({"recipe": chosen, "agreeing": e["agreeing"], "samples": e["samples"],
                           "expected_changes": e["expected_changes"]})
             if meets(e, plan.budget):
@@ -160,6 +163,36 @@ class TfliteTarget(Target):
         return {"int8": RECIPES[chosen][1], "recipe": chosen, "quantizer": "ai-edge-quantizer",
                 "recipes_tried": tried, "judged_on": judged_on, "activation_ranges": ranges_used, **extra,
                 **(_integer_only(out) if chosen == "full_integer" else {"integer_only": False})}
+
+
+    def _full_integer(self, float_model: Path, out: Path, artifacts: Any, items: list[Any],
+                      judged: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Write the full-integer model with edgesdk's float layers, and as few more as the budget
+        needs: LiteRT's int8 ops also write int8 outputs, where edgesdk's ONNX int8 keeps them
+        float. The extra layers are the most sensitive of edgesdk's ranking, chosen by
+        calibration's own search (doubling, then bisection). Returns the effect and the notes."""
+        from edgesdk.calibration.calibrate import search_float_layers
+
+        calibration, budget = artifacts.calibration(), artifacts.plan.budget
+        base = {f["node"] for f in calibration.float_layers}
+        ranked = [s for s in calibration.sensitivity if s["node"] not in base | calibration.forced_int8]
+        weights = float_layer_weights(artifacts.onnx_fp32(), [*calibration.float_layers, *ranked])
+        kept = {f["layer"] for f in calibration.float_layers}
+        with self.runner(float_model, artifacts.classifier.spec) as runner:
+            full = FullInteger(runner, artifacts.classifier.encoder(), items, calibration.ranges["method"], weights,
+                               kept)
+
+        def trial(extra: set[str]) -> dict[str, Any]:
+            full.write(out, kept | {s["layer"] for s in ranked if s["node"] in extra})
+            return judged(out)
+
+        added, e, steps, _ = search_float_layers(ranked, trial, budget, None)
+        static = full.write(out, kept | {s["layer"] for s in ranked[:added]})
+        return e, {"float_layers": static.float_layers, "float_layers_added": [s["layer"] for s in ranked[:added]],
+                   "float_layers_not_found": static.unmatched,
+                   "float_layer_search": [{"added": step["float_layers"], "agreeing": step["agreeing"],
+                                           "samples": step["samples"], "expected_changes": step["expected_changes"]}
+                                          for step in steps]}
 
 
 def convert_signatures(litert_torch: Any, graph: Any, signatures: dict[str, tuple], out: Path) -> None:
