@@ -164,7 +164,6 @@ class TfliteTarget(Target):
                 "recipes_tried": tried, "judged_on": judged_on, "activation_ranges": ranges_used, **extra,
                 **(_integer_only(out) if chosen == "full_integer" else {"integer_only": False})}
 
-
     def _full_integer(self, float_model: Path, out: Path, artifacts: Any, items: list[Any],
                       judged: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Write the full-integer model with edgesdk's float layers, and as few more as the budget
