@@ -16,9 +16,9 @@ TensorRT int8 bundles are built from):
   op whose constant holds the same values in any layout, or for a fully-connected layer the
   same matrix up to one factor per input channel: LiteRT folds a LayerNorm's scale into the
   layer it feeds) and stays float, its weight too (stored int8, weight-only, they cost the
-  demo's topic MiniLM one more answer of 722 and its gate). When such an op's output is a
-  model output, what reads it stays float too (LiteRT's XNNPACK cannot hand out an output that
-  also feeds a quantize op).
+  demo's topic MiniLM one more answer of 722 and its gate).
+- **Outputs**: the ops writing the model's outputs (logits, probabilities, top-k) compute in
+  float, and so does what reads them (``static_plan`` says why).
 - **More float layers where LiteRT needs them**: a LiteRT int8 op also writes an int8 output,
   where edgesdk's ONNX int8 keeps a quantized layer's output float. On the demo's topic MiniLM
   the early layers' query/key/value outputs cost 9 answers of 722 that way, which no range
@@ -73,10 +73,13 @@ def float_layer_weights(onnx_model: Path, float_layers: Sequence[dict[str, Any]]
 def static_plan(float_model: Path, weights: dict[str, np.ndarray], weight_layers_only: bool = False) -> StaticPlan:
     """The static int8 recipe for ``float_model`` keeping the ops that hold ``weights`` float.
 
+    Ops writing a model output stay float, and so does what reads them: LiteRT's XNNPACK
+    hands out garbage for an int8 output that another op also reads (measured: the digits
+    CNN's int8 probabilities, also read by its top-k, came out wrong while its logits were
+    right), and a dequantized output that a float op reads fails ("Tensor data is null").
     ``weight_layers_only``: only ops with a constant weight (fully connected, convolutions) get
-    int8 activations; every other op stays float, and so does any op writing a model output
-    (XNNPACK cannot hand out a dequantized output that a float op also reads). Embedding tables
-    are int8, their rows looked up into float.
+    int8 activations; every other op stays float. Embedding tables are int8, their rows looked
+    up into float.
     """
     return _recipe(_op_table(float_model, weights), set(weights), weight_layers_only)
 
@@ -124,12 +127,13 @@ def _recipe(table: list[tuple[list[_Op], set[int]]], float_layers: set[str], wei
         for op in ops:
             layer = op.layer if op.layer in float_layers else None
             reads_float_output = bool(op.inputs & float_tensors & outputs)
-            if layer or reads_float_output:  # what reads a float model output stays float, and so on downstream
+            if layer or reads_float_output or set(op.outputs) & graph_outputs:
+                # model outputs are written in float, and what reads a float output stays float, downstream too
                 matched.update([layer] if layer else [])
                 float_tensors.update(op.outputs)
                 outputs.update(op.outputs if reads_float_output else [])
                 keep_float.append(op.scope)
-            elif op.weighted and not (weight_layers_only and set(op.outputs) & outputs):
+            elif op.weighted:
                 quantized.append((op.kind, op.scope))
         if float_tensors & graph_outputs:
             keep_float.append(None)  # the model's outputs stay float

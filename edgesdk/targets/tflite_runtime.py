@@ -20,8 +20,8 @@ calibration judges (on the verification data when given):
   reads a float model output stays float too), plus as many of calibration's next most
   sensitive layers as the budget needs (a LiteRT int8 layer also rounds its output to int8),
   chosen by calibration's own search (``float_layers_added``, ``float_layer_search``). Image
-  models: every op, int8 pixels in (uint8 minus 128: the input's range is 0..255) and int8
-  outputs, for integer-only accelerators.
+  models: every op but the head writing the outputs, int8 pixels in (uint8 minus 128: the
+  input's range is 0..255); outputs float (XNNPACK garbles an int8 output another op reads).
   Text models: the layers with weights (fully connected) and the embedding tables, every
   other op float (counted in ``float_ops``). Measured on MiniLM fine-tuned on SST-2
   (``bench/tflite_int8.py``): every op int8 kept 87.7% top-1 agreement; the weight layers
@@ -53,7 +53,8 @@ __all__ = ["TfliteTarget", "convert_signatures", "sequence_lengths"]
 
 RECIPES = {  # edgesdk's name: (ai-edge-quantizer's recipe, what it is)
     "full_integer": ("static_wi8_ai8", "full integer: int8 weights per channel, int8 activations with calibrated "
-                     "ranges (image models: every op, int8 input and outputs; text models: the layers with weights)"),
+                     "ranges (image models: every op but the output head, int8 pixels in; text models: the layers "
+                     "with weights)"),
     "dynamic_range": ("dynamic_wi8_afp32", "dynamic range: int8 weights per channel, activations quantized at run "
                       "time"),
     "weight_only": ("weight_only_wi8_afp32", "weight-only: int8 weights per channel, float compute"),
