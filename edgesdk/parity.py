@@ -52,6 +52,9 @@ class Thresholds:
             raise InputError(f"confidence must lie in [0.5, 1), got {self.confidence}")
 
 
+# how far a bundle's probabilities may sit from the softmax of its own logits (int8 outputs: 1/256)
+PROBABILITY_TOLERANCE = 1 / 64
+
 _DEFAULTS = {
     "fp32": Thresholds(max_abs_diff=1e-4, min_agreement=0.99, rtol=1e-5),
     "fp16": Thresholds(max_abs_diff=1e-2, min_agreement=0.99, rtol=1e-3),
@@ -92,6 +95,7 @@ class ParityResult:
     worst_tolerance_ratio: float | None = None
     samples_needed: int | None = None
     notes: list[str] = field(default_factory=list)
+    inconsistent_outputs: int = 0
 
     def __bool__(self) -> bool:
         return self.status == "pass"
@@ -175,6 +179,7 @@ class ParityAccumulator:
         self.lost = self.gained = 0
         self.sum_abs_diff = self.max_abs_diff = self.worst_ratio = 0.0
         self.per_sample = LogHistogram()
+        self.inconsistent = 0
 
     def add(self, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None) -> None:
         """Add logits (samples x classes) of one chunk; ``labels`` (-1 = unknown) adds accuracies."""
@@ -208,6 +213,21 @@ class ParityAccumulator:
             self.lost += int((ref_ok & ~cand_ok).sum())
             self.gained += int((~ref_ok & cand_ok).sum())
 
+    def add_outputs(self, outputs: dict[str, np.ndarray]) -> None:
+        """Check one chunk of a bundle's outputs against its own logits: its ``probabilities``
+        must be their softmax and its ``top_k`` lead with the most probable class (a runtime can
+        garble an output that the logits alone would not show)."""
+        logits = np.asarray(outputs["logits"], np.float64)
+        bad = np.zeros(len(logits), bool)
+        if "probabilities" in outputs:
+            probabilities = np.asarray(outputs["probabilities"], np.float64)
+            e = np.exp(logits - logits.max(1, keepdims=True))
+            bad |= np.abs(probabilities - e / e.sum(1, keepdims=True)).max(1) > PROBABILITY_TOLERANCE
+            if "top_k" in outputs:
+                first = probabilities[np.arange(len(logits)), np.asarray(outputs["top_k"])[:, 0]]
+                bad |= first < probabilities.max(1) - PROBABILITY_TOLERANCE
+        self.inconsistent += int(bad.sum())
+
     def result(self) -> ParityResult:
         """The verdict and figures of everything added."""
         if not self.samples:
@@ -228,6 +248,10 @@ class ParityAccumulator:
                 failures.append(f"max abs logit diff {stats['max_abs_diff']:.3g} exceeds atol {t.max_abs_diff:.3g}"
                                 + (f" + rtol {t.rtol:.3g}·|logit|" if t.rtol else ""))
         failures += _agreement_failures(stats, t)
+        if self.inconsistent:
+            stats["inconsistent_outputs"] = self.inconsistent
+            failures.append(f"{self.inconsistent} of {self.samples} samples got probabilities or top-k that disagree "
+                            "with the bundle's own logits: its runtime garbles an output the logits do not show")
         notes: list[str] = []
         (notes if _accuracy_not_shown(stats, t) else failures).extend(_accuracy_failures(stats, t))
         status = "fail" if failures else "pass"

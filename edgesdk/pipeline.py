@@ -326,8 +326,10 @@ def _stream(bundle: Bundle, verification: Verification, thresholds: Thresholds, 
     started = time.perf_counter()
     with bundle.runner(runtime) as runner:
         for start, samples, reference in verification.chunks():
-            logits = bundle.run_rows(bundle.encoder.encode(samples.items), runner=runner)["logits"]
+            outputs = bundle.run_rows(bundle.encoder.encode(samples.items), runner=runner)
+            logits = outputs["logits"]
             parity.add(reference, logits, samples.labels)
+            parity.add_outputs(outputs)
             figures.add(start, samples.items, samples.labels, reference, logits)
             if start < HEAD:
                 head.append(logits[:HEAD - start])

@@ -85,5 +85,7 @@ def verify_bundle(
     with bundle.runner() as runner:
         for samples in iter_samples(data, bundle.spec):
             rows = bundle.encoder.encode(samples.items)
-            parity.add(reference(samples.items, rows), bundle.run_rows(rows, runner=runner)["logits"], samples.labels)
+            outputs = bundle.run_rows(rows, runner=runner)
+            parity.add(reference(samples.items, rows), outputs["logits"], samples.labels)
+            parity.add_outputs(outputs)
     return parity.result()

@@ -99,3 +99,21 @@ def test_verify_from_disk_finds_each_sample_by_digest_and_names_unseen_ones(tiny
     unseen.write_text("a text the conversion never saw\tpos\n", encoding="utf-8")
     with pytest.raises(InputError, match="1 samples in .*unseen.tsv were not in the conversion's verification data"):
         verify_bundle(tmp_path / "dist" / "onnx-fp32", unseen)
+
+
+def test_parity_fails_a_bundle_whose_probabilities_or_top_k_disagree_with_its_own_logits():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(scale=3, size=(200, 10))
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities = e / e.sum(1, keepdims=True)
+    top_k, bottom_k = np.argsort(-probabilities, axis=1)[:, :3], np.argsort(probabilities, axis=1)[:, :3]
+    int8 = np.round(probabilities * 256) / 256  # an int8 softmax output is consistent
+    garbled = (probabilities + 128) / 256  # int8 dequantized twice, as XNNPACK's garbled output was
+    for outputs, inconsistent in (({"probabilities": int8, "top_k": top_k}, 0),
+                                  ({"probabilities": garbled, "top_k": top_k}, 200),
+                                  ({"probabilities": probabilities, "top_k": bottom_k}, 200)):
+        acc = ParityAccumulator(Thresholds(max_abs_diff=None, min_agreement=0.99))
+        acc.add(logits, logits)
+        acc.add_outputs({"logits": logits, **outputs})
+        result = acc.result()
+        assert result.inconsistent_outputs == inconsistent and bool(result) == (not inconsistent)
