@@ -9,6 +9,8 @@ verification split), and from the same float .tflite the bench writes every vari
 - ``full_integer``: edgesdk's full-integer model (its range method, its float layers; text:
   int8 activations around the weight layers only, the other ops float);
 - ``full_integer_all_int8``: the same with no layer kept float;
+- ``edgesdk_bundle``: the int8 bundle's own model, as the target chose it (its recipe, and for
+  full integer edgesdk's float layers plus those it added for LiteRT);
 - text only, ``full_integer_every_op``: every op int8 (softmax, LayerNorm, GELU...), no float layer;
 - text only, ``*_one_length``: fp32 and dynamic range as the bundles were before signatures
   per sequence length (one signature at max_length), for the short-text figures.
@@ -96,7 +98,8 @@ def _variants(case: dict, work: Path) -> dict[str, Path | str]:
 
     fp32 = load_bundle(case["folder"] / "tflite-fp32")
     calibration = json.loads((case["folder"] / "onnx-int8" / "manifest.json").read_text())["build"]["calibration"]
-    variants: dict[str, Path | str] = {"fp32": fp32.path / "model.tflite"}
+    variants: dict[str, Path | str] = {"fp32": fp32.path / "model.tflite",
+                                       "edgesdk_bundle": case["folder"] / "tflite-int8" / "model.tflite"}
     q = quantizer.Quantizer(str(fp32.path / "model.tflite"))
     q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
     q.quantize(None, enable_progress_report=False).export_model(str(work / "dynamic_range.tflite"))
@@ -165,7 +168,7 @@ def bench_case(case: dict, work: Path, rounds: int) -> dict:
             logits[name] = fp32.run_rows(rows, runner=runner)["logits"]
     latency = {label: _latency_ms(fp32.spec, fp32.encoder, models, samples, rounds)
                for label, samples in case["timed"].items()}
-    chosen = json.loads((case["folder"] / "tflite-int8" / "manifest.json").read_text())["build"]["recipe"]
+    build = json.loads((case["folder"] / "tflite-int8" / "manifest.json").read_text())["build"]
     table = {}
     for name, path in variants.items():
         if not isinstance(path, Path):
@@ -179,13 +182,13 @@ def bench_case(case: dict, work: Path, rounds: int) -> dict:
             "integer_op_share": _integer_op_share(path),
             "latency_ms": {label: figures[name] for label, figures in latency.items()},
         }
-    return {"test_samples": len(rows), "float_layers": case["float_layers"], "edgesdk_recipe": chosen,
-            "variants": table}
+    return {"test_samples": len(rows), "float_layers": case["float_layers"], "edgesdk_recipe": build["recipe"],
+            "edgesdk_float_layers_added": build.get("float_layers_added", []), "variants": table}
 
 
 def _print(name: str, result: dict) -> None:
     print(f"\n{name} ({result['test_samples']} test samples; edgesdk's int8 bundle: {result['edgesdk_recipe']}, "
-          f"{result['float_layers']} float layers)")
+          f"{result['float_layers']} float layers, {len(result['edgesdk_float_layers_added'])} more for LiteRT)")
     labels = next(iter(v["latency_ms"] for v in result["variants"].values() if "latency_ms" in v))
     print_table(["variant", "agree", "acc", "bytes", "int ops", *(f"ms {k}" for k in labels)],
                 [[name, f"{row['agreement']:.2%}", f"{row['accuracy']:.2%}", f"{row['bytes_ratio']:.1%}",
