@@ -61,6 +61,8 @@ def test_tflite_int8_is_full_integer_with_edgesdk_float_layers_and_more_where_li
         assert not (tflite["integer_only"] and tflite["float_layers"])
         weight_ops = tflite["float_ops"].get("FULLY_CONNECTED", 0) + tflite["float_ops"].get("CONV_2D", 0)
         assert weight_ops >= len(tflite["float_layers"])  # each one float in the .tflite
+    html = (demo_out / "report.html").read_text(encoding="utf-8")
+    assert html.count("Layers kept float:") == 2 and "Ops computing in float (in each signature): " in html
 
 
 def test_full_integer_text_tflite_quantizes_its_weight_layers_in_every_signature(demo_out, tmp_path):
