@@ -13,15 +13,11 @@ from typing import Any
 import numpy as np
 
 from .parity import LogHistogram
+from .stats import softmax
 
-__all__ = ["BundleFigures", "softmax"]
+__all__ = ["BundleFigures"]
 
 CALIBRATION_BINS = 10
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(1, keepdims=True))
-    return z / z.sum(1, keepdims=True)
 
 
 class _Calibration:

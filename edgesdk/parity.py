@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import InputError
-from .stats import labels_to_show, paired_drop_upper, samples_to_show, wilson_interval
+from .stats import labels_to_show, paired_drop_upper, samples_to_show, softmax, wilson_interval
 
 __all__ = ["Thresholds", "ParityResult", "ParityAccumulator", "LogHistogram", "compare", "gates", "skipped",
            "default_thresholds"]
@@ -213,16 +213,16 @@ class ParityAccumulator:
             self.lost += int((ref_ok & ~cand_ok).sum())
             self.gained += int((~ref_ok & cand_ok).sum())
 
-    def add_outputs(self, outputs: dict[str, np.ndarray]) -> None:
-        """Check one chunk of a bundle's outputs against its own logits: its ``probabilities``
-        must be their softmax and its ``top_k`` lead with the most probable class (a runtime can
-        garble an output that the logits alone would not show)."""
+    def add_run(self, reference: np.ndarray, outputs: dict[str, np.ndarray], labels: np.ndarray | None = None) -> None:
+        """Add one chunk of a bundle's outputs: its logits against ``reference`` (as ``add``), and
+        its ``probabilities`` and ``top_k`` against its own logits: the softmax of them, and led by
+        the most probable class (a runtime can garble an output that the logits alone do not show)."""
         logits = np.asarray(outputs["logits"], np.float64)
+        self.add(reference, logits, labels)
         bad = np.zeros(len(logits), bool)
         if "probabilities" in outputs:
             probabilities = np.asarray(outputs["probabilities"], np.float64)
-            e = np.exp(logits - logits.max(1, keepdims=True))
-            bad |= np.abs(probabilities - e / e.sum(1, keepdims=True)).max(1) > PROBABILITY_TOLERANCE
+            bad |= np.abs(probabilities - softmax(logits)).max(1) > PROBABILITY_TOLERANCE
             if "top_k" in outputs:
                 first = probabilities[np.arange(len(logits)), np.asarray(outputs["top_k"])[:, 0]]
                 bad |= first < probabilities.max(1) - PROBABILITY_TOLERANCE

@@ -329,8 +329,7 @@ def _stream(bundle: Bundle, verification: Verification, thresholds: Thresholds, 
         for start, samples, reference in verification.chunks():
             outputs = bundle.run_rows(bundle.encoder.encode(samples.items), runner=runner)
             logits = outputs["logits"]
-            parity.add(reference, logits, samples.labels)
-            parity.add_outputs(outputs)
+            parity.add_run(reference, outputs, samples.labels)
             figures.add(start, samples.items, samples.labels, reference, logits)
             if start < HEAD:
                 head.append(logits[:HEAD - start])

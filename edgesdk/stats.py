@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
-__all__ = ["wilson_interval", "paired_drop_upper", "samples_to_show", "labels_to_show", "z_score"]
+import numpy as np
+
+__all__ = ["wilson_interval", "paired_drop_upper", "samples_to_show", "labels_to_show", "z_score", "softmax"]
 
 
 def z_score(confidence: float) -> float:
@@ -65,3 +67,9 @@ def samples_to_show(threshold: float, confidence: float = 0.95, changed: int = 0
         else:
             low = mid
     return n
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (samples x classes) logits."""
+    z = np.exp(logits - logits.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)

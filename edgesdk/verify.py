@@ -85,7 +85,5 @@ def verify_bundle(
     with bundle.runner() as runner:
         for samples in iter_samples(data, bundle.spec):
             rows = bundle.encoder.encode(samples.items)
-            outputs = bundle.run_rows(rows, runner=runner)
-            parity.add(reference(samples.items, rows), outputs["logits"], samples.labels)
-            parity.add_outputs(outputs)
+            parity.add_run(reference(samples.items, rows), bundle.run_rows(rows, runner=runner), samples.labels)
     return parity.result()

@@ -113,7 +113,6 @@ def test_parity_fails_a_bundle_whose_probabilities_or_top_k_disagree_with_its_ow
                                   ({"probabilities": garbled, "top_k": top_k}, 200),
                                   ({"probabilities": probabilities, "top_k": bottom_k}, 200)):
         acc = ParityAccumulator(Thresholds(max_abs_diff=None, min_agreement=0.99))
-        acc.add(logits, logits)
-        acc.add_outputs({"logits": logits, **outputs})
+        acc.add_run(logits, {"logits": logits, **outputs})
         result = acc.result()
         assert result.inconsistent_outputs == inconsistent and bool(result) == (not inconsistent)

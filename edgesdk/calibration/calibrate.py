@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from edgesdk.errors import InputError
-from edgesdk.stats import labels_to_show, paired_drop_upper, samples_to_show, wilson_interval
+from edgesdk.stats import labels_to_show, paired_drop_upper, samples_to_show, softmax, wilson_interval
 
 from .divergence import layer_divergence
 from .observers import Histogram, unpadded
@@ -195,7 +195,7 @@ def effect(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dic
     risk = np.array([NormalDist().cdf(-m / sigma) for m in margin]) if sigma > 0 else np.zeros(n)
     known = labels >= 0
     ref_ok, int8_ok = top[known] == labels[known], logits.argmax(1)[known] == labels[known]
-    p, q = _softmax(reference), _softmax(logits)
+    p, q = softmax(reference), softmax(logits)
     diff = np.abs(error)
     return {"samples": n, "agreeing": int((logits.argmax(1) == top).sum()),
             "agreement": float((logits.argmax(1) == top).mean()), "expected_changes": float(risk.sum()),
@@ -204,11 +204,6 @@ def effect(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dic
             "labeled": int(known.sum()), "lost": int((ref_ok & ~int8_ok).sum()),
             "gained": int((~ref_ok & int8_ok).sum()),
             "accuracy_drop": float(ref_ok.mean() - int8_ok.mean()) if known.any() else None}
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def changes_with_margin(e: dict[str, Any]) -> float:

@@ -186,9 +186,10 @@ class TfliteTarget(Target):
             full.write(out, kept | {s["layer"] for s in ranked if s["node"] in extra})
             return judged(out)
 
-        added, e, steps, _ = search_float_layers(ranked, trial, budget, None)
-        static = full.write(out, kept | {s["layer"] for s in ranked[:added]})
-        return e, {"float_layers": static.float_layers, "float_layers_added": [s["layer"] for s in ranked[:added]],
+        count, e, steps, _ = search_float_layers(ranked, trial, budget, None)
+        added = [s["layer"] for s in ranked[:count]]
+        static = full.write(out, kept | set(added))
+        return e, {"float_layers": static.float_layers, "float_layers_added": added,
                    "float_layers_not_found": static.unmatched,
                    "float_layer_search": [{"added": step["float_layers"], "agreeing": step["agreeing"],
                                            "samples": step["samples"], "expected_changes": step["expected_changes"]}
