@@ -74,7 +74,7 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         for name, value in arrays.items():
             with z.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(value), allow_pickle=False)
+                np.lib.format.write_array(f, np.asarray(value, order="C"), allow_pickle=False)
     os.chmod(path, 0o666 & ~_umask())
 
 

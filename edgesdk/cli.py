@@ -88,7 +88,7 @@ def _config(args: argparse.Namespace):
              "min_token_count": args.min_token_count, "max_vocab": args.max_vocab,
              "forced_tokens": args.forced_tokens, "vocab_prior": args.vocab_prior,
              "min_coverage": args.min_coverage, "target_agreement": args.target_agreement,
-             "min_pruning_agreement": args.min_pruning_agreement}
+             "min_pruning_agreement": args.min_pruning_agreement, "text_input": args.text_input}
     config = base.replace(**given)
     if args.passes == "":
         config = config.replace(passes=())
@@ -221,6 +221,9 @@ def _convert_parser(sub: Any, choices: bool) -> None:
     c.add_argument("--verify-samples", type=int, metavar="N",
                    help="verify N of the file's samples, evenly spaced in file order (default: all; any number is "
                         "streamed in bounded memory)")
+    c.add_argument("--text-input", choices=("ids", "string"),
+                   help="text: what an onnx bundle takes: token ids (default; the app tokenizes with the bundle's "
+                        "tokenizer.json) or strings (the tokenizer inside the graph: pip install 'edgesdk[strings]')")
     c.add_argument("--passes", help="comma-separated passes to run (default: all that apply; '' for none)"
                                     f"{listed('edgesdk.converters', 'PASSES')}")
     _add_output(c)

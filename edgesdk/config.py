@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import InputError
 from .parity import Thresholds, default_thresholds
+from .spec import TEXT_INPUTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,6 +65,7 @@ class ConvertConfig:
     min_coverage: float | None = None
     target_agreement: float | None = None
     min_pruning_agreement: float = 0.99
+    text_input: str = "ids"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -77,6 +79,8 @@ class ConvertConfig:
             if value is None and f.default is not None:
                 raise InputError(f"option {f.name} must be {_WANT[_kind(f.type)]}, not None")
             _check_type(f.name, value, _kind(f.type))
+        if self.text_input not in TEXT_INPUTS:
+            raise InputError(f"option text_input must be one of {', '.join(TEXT_INPUTS)}, not {self.text_input!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON-ready data, with its version."""

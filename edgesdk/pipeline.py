@@ -47,11 +47,21 @@ from .progress import Steps
 from .report import write_report
 from .robustness import perturb
 from .runtime.bundle import Bundle
-from .runtime.encode import row_digest
+from .runtime.encode import encoder_for
+from .spec import ModelSpec, TextPreprocessing
 from .targets import TARGETS, Target
 from .targets.base import RANGES_FILE, RANGES_PURPOSE
 from .tokenization import javascript_tokenization_gate
-from .verification import HEAD, ArrayFile, Verification, VerificationData, logits_to_file, model_logits, rate
+from .verification import (
+    HEAD,
+    ArrayFile,
+    Verification,
+    VerificationData,
+    input_digests,
+    logits_to_file,
+    model_logits,
+    rate,
+)
 
 __all__ = ["convert", "ConversionResult", "BundleRecord", "REFERENCE_FILE", "TIMING", "without_timing"]
 
@@ -157,10 +167,12 @@ class Artifacts:
     are each made once, and every target's bundle is built from them."""
 
     def __init__(self, classifier: Classifier, workdir: Path, steps: Steps,
-                 calibration: CalibrationPlan | None = None, verification: Verification | None = None) -> None:
+                 calibration: CalibrationPlan | None = None, verification: Verification | None = None,
+                 text_input: str = "ids") -> None:
         from .converters.export import ONNX_OPSET
 
         self.classifier = classifier
+        self.text_input = text_input
         self.workdir = workdir
         self.steps = steps
         self.onnx_opset = ONNX_OPSET
@@ -233,8 +245,9 @@ def _latency(bundle: Bundle, rows: list, runs: int = 30) -> dict[str, float]:
 
 
 def _padded(row: dict[str, Any], spec: Any) -> dict[str, Any]:
-    """A text row padded to max_length (pad id, mask 0: the logits do not change); images as they are."""
-    if spec.kind != "text":
+    """A text row of ids padded to max_length (pad id, mask 0: the logits do not change); images and
+    strings (tokenized in the graph) as they are."""
+    if spec.kind != "text" or spec.preprocessing.text_input == "string":
         return row
     pre = spec.preprocessing
     out = {}
@@ -245,15 +258,17 @@ def _padded(row: dict[str, Any], spec: Any) -> dict[str, Any]:
     return out
 
 
-def _purposes(target: Target, classifier: Classifier) -> dict[str, str]:
+def _purposes(target: Target, spec: ModelSpec) -> dict[str, str]:
     """What each file a bundle can hold is for (the manifest says it beside the file)."""
     purposes = {**target.purposes, RANGES_FILE: RANGES_PURPOSE,
                 REFERENCE_FILE: "PyTorch's logits on the verification data, by sample digest: `edgesdk verify` "
                                 "checks the bundle against them",
                 GOLDEN_FILE: "a few samples with PyTorch's outputs: the loader's self-test"}
-    if isinstance(classifier, TextClassifier):
-        purposes[classifier.spec.preprocessing.tokenizer] = ("the tokenizer: the loaders encode text with it "
-                                                             "(tokenizers in Python, Tokenizers.js in the browser)")
+    if isinstance(spec.preprocessing, TextPreprocessing):
+        purposes[spec.preprocessing.tokenizer] = (
+            "the tokenizer the model's graph tokenizes with (the graph holds its own copy; no loader reads this one)"
+            if spec.preprocessing.text_input == "string" else
+            "the tokenizer: the loaders encode text with it (tokenizers in Python, Tokenizers.js in the browser)")
     return purposes
 
 
@@ -264,13 +279,16 @@ def _build_one(target: Target, precision: str, config: ConvertConfig, classifier
     thresholds = config.thresholds(precision)
     folder.mkdir()
     notes = target.build(artifacts, precision, folder)
+    spec = target.bundle_spec(classifier.spec, config.text_input)
     if isinstance(classifier, TextClassifier):
         shutil.copyfile(classifier.tokenizer_file, folder / classifier.spec.preprocessing.tokenizer)
     if verification is not None:
+        digests = verification.digests if spec is classifier.spec else input_digests(
+            verification.data, encoder_for(spec, None), artifacts.workdir / f"{folder.name}.digests")
         write_array_files(folder / REFERENCE_FILE, {
-            "digests": verification.digests, "logits": verification.reference, "labels": verification.labels})
-    manifest = _manifest(target, precision, config, classifier, notes, passes, gates, verification)
-    purposes = _purposes(target, classifier)
+            "digests": digests, "logits": verification.reference, "labels": verification.labels})
+    manifest = _manifest(target, precision, config, spec, notes, passes, gates, verification)
+    purposes = _purposes(target, spec)
     write_manifest(folder, {**manifest, "parity": skipped("pending", thresholds).to_dict()}, purposes)
     record = BundleRecord(folder.name, target.name, precision, "skipped", "", path=folder, notes=notes)
     reason = target.parity_skip_reason()
@@ -288,19 +306,19 @@ def _build_one(target: Target, precision: str, config: ConvertConfig, classifier
     return record
 
 
-def _manifest(target: Target, precision: str, config: ConvertConfig, classifier: Classifier, notes: dict[str, Any],
+def _manifest(target: Target, precision: str, config: ConvertConfig, spec: ModelSpec, notes: dict[str, Any],
               passes: list[dict[str, Any]], gates: list[dict[str, Any]],
               verification: Verification | None) -> dict[str, Any]:
     """The bundle's manifest without its parity: the same bytes for the same inputs on every run
     (timings go to report.json only); ``gates`` are the model's (pruning, tokenization)."""
     return {
         "format": "edgesdk-bundle",
-        "name": f"{classifier.spec.name}-{target.name}-{precision}",
+        "name": f"{spec.name}-{target.name}-{precision}",
         "target": target.name,
         "runtime": target.runtime,
         "precision": precision,
         "model_file": target.model_file,
-        "spec": classifier.spec.to_dict(),
+        "spec": spec.to_dict(),
         "config": config.to_dict(),
         "build": without_timing(notes),
         "passes": without_timing(passes),
@@ -342,7 +360,8 @@ def _verify(bundle: Bundle, record: BundleRecord, verification: Verification, th
     """Run the bundle on the verification data and fill ``record`` (parity, figures, robustness,
     latency); returns the manifest's golden entry."""
     record.parity, record.figures, head = _stream(bundle, verification, thresholds, update)
-    golden = _write_golden(bundle.path, verification, head, thresholds)
+    head_rows = bundle.encoder.encode(verification.head.items)
+    golden = _write_golden(bundle.path, verification, head_rows, head, thresholds)
     record.robustness = _robustness(bundle, verification, head)
     calibration = record.notes.get("calibration", {})
     if calibration.get("met_budget") is False:
@@ -350,7 +369,15 @@ def _verify(bundle: Bundle, record: BundleRecord, verification: Verification, th
             f"edgesdk's calibration could not meet the int8 budget on {calibration['judged_on']} "
             f"({calibration['judge_samples']} samples) with any float layers it tried; this is the best "
             f"configuration found ({record.parity.reason})"))
-    record.latency_ms = _latency(bundle, verification.head_rows)
+    tokenization = record.notes.get("tokenization")
+    if tokenization is not None:  # a string-in bundle: its in-graph tokenizer against Python's
+        record.parity = replace(record.parity, notes=[*record.parity.notes, f"{tokenization['name']}: "
+                                                      f"{tokenization['texts_exact']} of {tokenization['texts']} "
+                                                      f"texts identical; {tokenization['reason']}"])
+        if tokenization["status"] == "fail":
+            record.parity = replace(record.parity, status="fail", reason=f"{tokenization['reason']} "
+                                    f"({record.parity.reason})")
+    record.latency_ms = _latency(bundle, head_rows)
     return golden
 
 
@@ -366,7 +393,8 @@ def _proxy_parity(bundle: Bundle, target: Target, record: BundleRecord, verifica
 def _robustness(bundle: Bundle, verification: Verification, head: np.ndarray) -> dict[str, dict[str, float]]:
     """Per perturbation: agreement with PyTorch, and how often each changed its answer."""
     out = {}
-    for name, (rows, reference) in verification.perturbed.items():
+    for name, (items, reference) in verification.perturbed.items():
+        rows = bundle.encoder.encode(items)
         moved = bundle.run_rows(rows)["logits"].argmax(1)
         before = verification.reference.read(0, len(rows)).argmax(1)
         out[name] = {"samples": len(rows), "agreement": float((moved == reference.argmax(1)).mean()),
@@ -375,8 +403,8 @@ def _robustness(bundle: Bundle, verification: Verification, head: np.ndarray) ->
     return out
 
 
-def _write_golden(folder: Path, verification: Verification, head: np.ndarray, thresholds: Thresholds,
-                  count: int = 4) -> dict[str, Any]:
+def _write_golden(folder: Path, verification: Verification, head_rows: list, head: np.ndarray,
+                  thresholds: Thresholds, count: int = 4) -> dict[str, Any]:
     """Store a few verification samples (texts or pixels) with their encoded inputs and PyTorch's
     logits for the loader's self-test, which encodes them again with the bundle's own tokenizer.
 
@@ -384,7 +412,7 @@ def _write_golden(folder: Path, verification: Verification, head: np.ndarray, th
     these samples (int8), whichever is larger.
     """
     k = min(count, verification.count)
-    arrays = {f"{i}/{name}": value for i in range(k) for name, value in verification.head_rows[i].items()}
+    arrays = {f"{i}/{name}": value for i in range(k) for name, value in head_rows[i].items()}
     if isinstance(verification.head.items[0], str):
         arrays["texts"] = np.array(verification.head.items[:k], dtype=str)
     reference = verification.reference.read(0, k)
@@ -474,7 +502,7 @@ def convert(model: Classifier, out: str | Path, config: ConvertConfig | None = N
     with (staged_output(out, overwrite, job.inputs) as staging,
           tempfile.TemporaryDirectory(prefix="edgesdk-work-") as work):
         classifier, pass_records, gates, verification = _model_stage(model, job, steps, Path(work))
-        artifacts = Artifacts(classifier, Path(work), steps, job.calibration, verification)
+        artifacts = Artifacts(classifier, Path(work), steps, job.calibration, verification, config.text_input)
         records = [_bundle(target, precision, job, classifier, artifacts, staging, verification, pass_records, gates,
                            steps) for target, precision in job.bundles]
         with steps.step("report"):
@@ -569,16 +597,12 @@ def _pruning_gate(model: Classifier, pruned: Classifier, data: VerificationData,
 
 def _verification(classifier: Classifier, data: VerificationData, reference: ArrayFile, head: Samples,
                   perturbed: dict[str, tuple[list, np.ndarray]], work: Path) -> Verification:
-    """Labels and input digests of every verification sample in files, and the head encoded."""
-    encoder = classifier.encoder()
+    """Labels and input digests of every verification sample in files."""
     labels = ArrayFile(work / "labels.i64", np.int64)
-    digests = ArrayFile(work / "digests.u8", np.uint8, (32,))
     for _, samples in data.chunks():
         labels.append(samples.labels)
-        digests.append(np.frombuffer(b"".join(row_digest(r) for r in encoder.encode(samples.items)),
-                                     np.uint8).reshape(-1, 32))
-    encoded = {name: (encoder.encode(items), logits) for name, (items, logits) in perturbed.items()}
-    return Verification(data, reference, labels, digests, head, encoder.encode(head.items), encoded)
+    digests = input_digests(data, classifier.encoder(), work / "digests.u8")
+    return Verification(data, reference, labels, digests, head, perturbed)
 
 
 def _bundle(target: Target, precision: str, job: _Job, classifier: Classifier, artifacts: Artifacts, staging: Path,

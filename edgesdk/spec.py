@@ -8,9 +8,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from .errors import BundleError, ModelError
 
-__all__ = ["TensorSpec", "TextPreprocessing", "ImagePreprocessing", "ModelSpec", "text_spec"]
+__all__ = ["TensorSpec", "TextPreprocessing", "ImagePreprocessing", "ModelSpec", "text_spec", "TEXT_INPUTS",
+           "dtype_matches"]
+
+TEXT_INPUTS = ("ids", "string")
 
 
 @dataclass(frozen=True)
@@ -26,18 +31,30 @@ class TensorSpec:
         return cls(d["name"], d["dtype"], tuple(d["shape"]))
 
 
+def dtype_matches(array: Any, dtype: str) -> bool:
+    """Whether a numpy array holds a spec dtype ("string": str or object arrays)."""
+    if dtype == "string":
+        return array.dtype.kind in "UO"
+    return array.dtype == np.dtype(dtype)
+
+
 @dataclass(frozen=True)
 class TextPreprocessing:
-    """Text goes through the bundle's ``tokenizer.json``; the graph takes token ids and masks."""
+    """Text goes through the bundle's ``tokenizer.json``: in Python before the graph, which takes
+    token ids and masks (``text_input="ids"``), or inside the graph, which takes strings
+    (``"string"``: onnxruntime-extensions' tokenizer operators)."""
 
     max_length: int = 128
     tokenizer: str = "tokenizer.json"
     pad_id: int = 0
+    text_input: Literal["ids", "string"] = "ids"
     kind: Literal["text"] = "text"
 
     def __post_init__(self) -> None:
         if self.max_length < 2:
             raise ModelError(f"max_length must be at least 2, got {self.max_length}")
+        if self.text_input not in TEXT_INPUTS:
+            raise ModelError(f"text_input must be one of {', '.join(TEXT_INPUTS)}, got {self.text_input!r}")
 
 
 @dataclass(frozen=True)

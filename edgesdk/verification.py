@@ -15,15 +15,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .data import Samples, count_samples, iter_samples
 from .errors import InputError
+from .runtime.encode import row_digest
 from .spec import ModelSpec
 
 __all__ = ["ArrayFile", "Selection", "VerificationData", "Verification", "CHUNK", "HEAD", "logits_to_file",
-           "model_logits", "rate"]
+           "model_logits", "rate", "input_digests"]
 
 CHUNK = 1024  # samples per chunk
 HEAD = 200  # samples kept in memory: perturbed for robustness, golden samples, latency
@@ -122,14 +124,15 @@ class VerificationData:
 @dataclass
 class Verification:
     """The verified samples with PyTorch's logits (``reference``, from the model the bundles are
-    built from), labels and input digests in files; the first ``HEAD`` samples in memory."""
+    built from), labels and input digests (under the model's encoder) in files; the first ``HEAD``
+    samples and their perturbed copies (with PyTorch's logits) in memory, each bundle encoding
+    them with its own encoder."""
 
     data: VerificationData
     reference: ArrayFile
     labels: ArrayFile
     digests: ArrayFile
     head: Samples
-    head_rows: list
     perturbed: dict[str, tuple[list, np.ndarray]] = field(default_factory=dict)
 
     @property
@@ -159,6 +162,15 @@ class Verification:
             items += [item for item, k in zip(samples.items, keep) if k]
             labels.append(samples.labels[keep])
         return items, np.concatenate(labels)
+
+
+def input_digests(data: VerificationData, encoder: Any, path: Path) -> ArrayFile:
+    """The digest of every verification sample's inputs as ``encoder`` encodes them, in a file."""
+    digests = ArrayFile(path, np.uint8, (32,))
+    for _, samples in data.chunks():
+        digests.append(np.frombuffer(b"".join(row_digest(r) for r in encoder.encode(samples.items)),
+                                     np.uint8).reshape(-1, 32))
+    return digests
 
 
 def rate(done: int, total: int, start: float) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, InputError
-from ..spec import ModelSpec
+from ..spec import ModelSpec, dtype_matches
 from .encode import Encoder, encoder_for, in_row_order, row_digest
 from .runner import Runner
 
@@ -278,7 +278,7 @@ def read_golden(path: Path, spec: ModelSpec, count: int) -> tuple[list, list, np
         raise BundleError(f"{path.name} is not a valid golden file ({str(e)[:200]}): rebuild the bundle") from e
     for row in rows:
         for n, t in zip(names, spec.inputs):
-            if row[n].dtype != np.dtype(t.dtype) or row[n].ndim != len(t.shape) - 1:
+            if not dtype_matches(row[n], t.dtype) or row[n].ndim != len(t.shape) - 1:
                 raise BundleError(f"{path.name}: golden input {n!r} has dtype {row[n].dtype} and shape "
                                   f"{row[n].shape}, the model takes {t.dtype} {list(t.shape)}")
     if expected.dtype.kind != "f" or expected.shape != (count, len(spec.labels)) or top1.shape != (count,):

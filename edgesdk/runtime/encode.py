@@ -15,7 +15,8 @@ import numpy as np
 from ..errors import InputError
 from ..spec import ImagePreprocessing, ModelSpec, TextPreprocessing
 
-__all__ = ["Row", "Encoder", "TextEncoder", "ImageEncoder", "encoder_for", "row_digest", "in_row_order"]
+__all__ = ["Row", "Encoder", "TextEncoder", "StringEncoder", "ImageEncoder", "encoder_for", "row_digest",
+           "in_row_order"]
 
 Row = dict[str, np.ndarray]
 MAX_TOKENIZER_BYTES = 256 << 20
@@ -102,6 +103,25 @@ class TextEncoder(Encoder):
             yield idx, feeds
 
 
+class StringEncoder(Encoder):
+    """Checks texts for a model that tokenizes inside its graph: each row is the text itself."""
+
+    def __init__(self, pre: TextPreprocessing, input_name: str):
+        self.pre = pre
+        self.input_name = input_name
+
+    def encode(self, samples: Sequence[str]) -> list[Row]:
+        for i, s in enumerate(samples):
+            if not isinstance(s, str):
+                raise InputError(f"sample {i} is {type(s).__name__}, expected text (str)")
+        return [{self.input_name: np.array(s, dtype=str)} for s in samples]
+
+    def batches(self, rows: Sequence[Row], batch_size: int) -> Iterator[tuple[list[int], Row]]:
+        for start in range(0, len(rows), batch_size):
+            idx = list(range(start, min(start + batch_size, len(rows))))
+            yield idx, {self.input_name: np.array([rows[i][self.input_name].item() for i in idx], dtype=object)}
+
+
 class ImageEncoder(Encoder):
     """Checks uint8 HWC images; batches consecutive images of the same size."""
 
@@ -144,6 +164,8 @@ class ImageEncoder(Encoder):
 def encoder_for(spec: ModelSpec, tokenizer_file: Path | None) -> Encoder:
     """The encoder for a spec; text needs the path of its (already checked) tokenizer.json."""
     pre = spec.preprocessing
+    if isinstance(pre, TextPreprocessing) and pre.text_input == "string":
+        return StringEncoder(pre, spec.inputs[0].name)
     if isinstance(pre, TextPreprocessing):
         if tokenizer_file is None:
             raise InputError("a text model needs its tokenizer.json")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError, EdgeSDKError, InputError, TargetError
-from ..spec import ModelSpec
+from ..spec import ModelSpec, dtype_matches
 
 __all__ = ["Runner", "import_runtime"]
 
@@ -81,7 +81,7 @@ class Runner:
             raise InputError(f"feeds {sorted(feeds)} do not match the model inputs {sorted(expected)}")
         for name, t in expected.items():
             a = feeds[name]
-            if a.dtype != np.dtype(t.dtype):
+            if not dtype_matches(a, t.dtype):
                 raise InputError(f"input {name!r} has dtype {a.dtype}, the model takes {t.dtype}")
             if a.ndim != len(t.shape):
                 raise InputError(f"input {name!r} has shape {a.shape}, the model takes {t.shape}")

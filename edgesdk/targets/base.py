@@ -51,6 +51,11 @@ class Target:
         (folder / RANGES_FILE).write_text(text, encoding="utf-8")
         return {"ranges_file": RANGES_FILE, "calibration": calibration.summary()}
 
+    def bundle_spec(self, spec: ModelSpec, text_input: str) -> ModelSpec:
+        """The spec this target's bundle has: the model's (a target whose model takes strings when
+        ``text_input`` is "string" says so here)."""
+        return spec
+
     def parity_skip_reason(self) -> str | None:
         """Why parity cannot run on this machine, or None when it can."""
         return None

@@ -2,18 +2,24 @@
 
 int8 is edgesdk's QDQ model (``edgesdk.calibration``): onnxruntime fuses each
 DequantizeLinear -> MatMul into an integer MatMul with uint8 activations, the fast path on
-CPUs without VNNI.
+CPUs without VNNI. With ``text_input="string"`` a text bundle takes strings: the tokenizer
+graph (``string_input``) runs before the model, and its ids are compared with Python's on every
+verification text (the bundle fails where one differs).
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edgesdk.runtime.runner import import_runtime
+from edgesdk.spec import ModelSpec
+from edgesdk.tokenization import graph_tokenization_gate
 
 from .base import TARGETS, Target
+from .string_input import string_model, string_spec_inputs
 
 __all__ = ["OnnxRuntimeTarget"]
 
@@ -28,13 +34,38 @@ class OnnxRuntimeTarget(Target):
     model_file = "model.onnx"
     purposes = {"model.onnx": "the model: onnxruntime runs it"}
 
+    def bundle_spec(self, spec: ModelSpec, text_input: str) -> ModelSpec:
+        if spec.kind != "text" or text_input != "string":
+            return spec
+        return replace(spec, inputs=string_spec_inputs(), preprocessing=replace(spec.preprocessing,
+                                                                                text_input="string"))
+
     def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
         import_runtime("onnxruntime", self.extra)
-        notes = {"exporter": "torch.onnx.export(dynamo=True)", "opset": artifacts.onnx_opset}
+        notes: dict[str, Any] = {"exporter": "torch.onnx.export(dynamo=True)", "opset": artifacts.onnx_opset}
         if precision == "fp32":
-            shutil.copyfile(artifacts.onnx_fp32(), folder / self.model_file)
+            model = artifacts.onnx_fp32()
+        else:
+            calibration = artifacts.calibration()
+            model = calibration.model
+            notes |= {"int8": "QDQ: uint8 activations, int8 per-channel weights, int8 embedding rows",
+                      **self.write_ranges(calibration, folder)}
+        if self.bundle_spec(artifacts.classifier.spec, artifacts.text_input) is artifacts.classifier.spec:
+            shutil.copyfile(model, folder / self.model_file)
             return notes
-        calibration = artifacts.calibration()
-        shutil.copyfile(calibration.model, folder / self.model_file)
-        return {**notes, "int8": "QDQ: uint8 activations, int8 per-channel weights, int8 embedding rows",
-                **self.write_ranges(calibration, folder)}
+        return {**notes, **self._string_model(artifacts, model, folder / self.model_file)}
+
+    @staticmethod
+    def _string_model(artifacts: Any, model: Path, out: Path) -> dict[str, Any]:
+        """Write the string-in model; returns its notes with the tokenization gate's counts."""
+        classifier = artifacts.classifier
+        extensions = import_runtime("onnxruntime_extensions", "strings")
+        tokenize = string_model(model, classifier.encoder(), classifier.tokenizer_file,
+                                [t.name for t in classifier.spec.inputs], out)
+        tokenizer = f"onnxruntime-extensions {extensions.__version__}"
+        notes: dict[str, Any] = {"text_input": "string", "custom_ops": tokenizer}
+        if artifacts.verification is not None:
+            notes["tokenization"] = graph_tokenization_gate(
+                classifier.encoder(), tokenize, tokenizer,
+                (samples.items for _, samples in artifacts.verification.data.chunks()))
+        return notes

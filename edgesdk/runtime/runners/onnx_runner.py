@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..runner import Runner, import_runtime
 
-__all__ = ["OnnxRuntimeRunner"]
+__all__ = ["OnnxRuntimeRunner", "ort_session"]
+
+
+def ort_session(model: Path | bytes, extensions: bool = False):
+    """An onnxruntime CPU session for a model file or its bytes; ``extensions`` registers
+    onnxruntime-extensions' operators (the tokenizer of a string-in text model)."""
+    ort = import_runtime("onnxruntime", "onnx")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if extensions:
+        options.register_custom_ops_library(import_runtime("onnxruntime_extensions", "strings").get_library_path())
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntimeRunner(Runner):
     """Runs a .onnx file in an onnxruntime InferenceSession on the CPU."""
 
     def activate(self) -> None:
-        ort = import_runtime("onnxruntime", "onnx")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            str(self.model_path), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort_session(self.model_path, any(t.dtype == "string" for t in self.spec.inputs))
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def deactivate(self) -> None:
