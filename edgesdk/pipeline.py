@@ -48,6 +48,7 @@ from .report import write_report
 from .robustness import perturb
 from .runtime.bundle import Bundle
 from .runtime.encode import encoder_for
+from .runtime.runner import import_runtime
 from .spec import ModelSpec, TextPreprocessing
 from .targets import TARGETS, Target
 from .targets.base import RANGES_FILE, RANGES_PURPOSE
@@ -450,6 +451,18 @@ class _Job:
     inputs: list[Path]
 
 
+def _check_text_input(config: ConvertConfig, model: Classifier, bundles: list[tuple[Target, str]]) -> None:
+    """String input needs a text model, a bundle that can take strings, and the tokenizer operators."""
+    if config.text_input == "ids":
+        return
+    if model.spec.kind != "text":
+        raise InputError("text_input 'string' applies to text models; this one is an image model: drop it")
+    if all(t.bundle_spec(model.spec, config.text_input) is model.spec for t, _ in bundles):
+        raise InputError("text_input 'string' applies to onnx bundles (the tokenizer runs in onnxruntime): "
+                         "add onnx to the targets")
+    import_runtime("onnxruntime_extensions", "strings")
+
+
 def _prepare(model: Classifier, config: ConvertConfig) -> _Job:
     """Check everything that can be checked before any work or any write."""
     bundles = _plan(config.targets, config.precisions)
@@ -469,6 +482,7 @@ def _prepare(model: Classifier, config: ConvertConfig) -> _Job:
     # unknown names and bad options fail here, before any work
     checked = {name: PASSES.get(name)(**options.get(name, {})) for name in [*pass_names, *options]}
     applying = [name for name in pass_names if checked[name].applies_to(model)]
+    _check_text_input(config, model, bundles)
     data = VerificationData(config.verify_on, model.spec, config.verify_samples) if config.verify_on else None
     plan = _calibration_plan(model, config)
     corpus = [f for s in checked["prune_vocabulary"].corpus for f in s.files()] if config.corpus else []

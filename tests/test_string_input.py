@@ -65,7 +65,7 @@ def test_a_string_bundle_takes_strings_and_matches_the_id_bundle(tiny_text_dir, 
     texts = ["a great movie", "terrible, just terrible", "long " * 300, "", "ÜNÏCÖDE 🙂"]
     got = bundle.run_rows(bundle.encoder.encode(texts))["logits"]
     want = reference.run_rows(reference.encoder.encode(texts))["logits"]
-    assert np.abs(got - want).max() <= 1e-5
+    assert np.abs(got - want).max() <= 1e-6
     assert [p.label for p in bundle.classify(texts)] == [p.label for p in reference.classify(texts)]
     assert edgesdk.verify_bundle(strings.out / "onnx-fp32", text_tsv)
     # the sample app (onnxruntime, onnxruntime-extensions and numpy: no tokenizers call) takes the strings too
@@ -84,6 +84,16 @@ def test_a_tokenizer_the_graph_cannot_match_fails_the_bundle_by_name(tiny_xlmr_d
     assert "--text-input ids" in record.reason
 
 
-def test_text_input_is_checked():
+def test_text_input_is_checked(tiny_text_dir, text_tsv, tmp_path):
+    from conftest import tiny_cnn
+
     with pytest.raises(edgesdk.InputError, match="text_input must be one of ids, string"):
         edgesdk.ConvertConfig(text_input="bytes")
+    text = TextClassifier.from_pretrained(tiny_text_dir)
+    with pytest.raises(edgesdk.InputError, match="applies to onnx bundles"):
+        edgesdk.convert(text, tmp_path / "a", targets=["openvino"], verify_on=text_tsv, text_input="string", quiet=True)
+    image = edgesdk.ImageClassifier.create(tiny_cnn(), ["a", "b", "c", "d"], edgesdk.ImagePreprocessing(
+        size=(16, 16), mean=(0.5,) * 3, std=(0.25,) * 3))
+    with pytest.raises(edgesdk.InputError, match="applies to text models"):
+        edgesdk.convert(image, tmp_path / "b", text_input="string", quiet=True)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -29,6 +29,10 @@ function show(results) {
 
 async function load() {
   const manifest = await (await fetch(base + "manifest.json")).json();
+  if (manifest.spec.preprocessing.text_input === "string") {
+    throw new Error("this bundle tokenizes inside its graph with onnxruntime-extensions, which onnxruntime-web "
+      + "does not have: convert with --text-input ids for the browser (it tokenizes with Tokenizers.js)");
+  }
   const session = await ort.InferenceSession.create(await fetchChecked(manifest.model_file, manifest));
   const spec = manifest.spec;
   const tokenizer = spec.kind === "text"
