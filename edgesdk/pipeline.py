@@ -230,9 +230,10 @@ def _versions(target: type[Target]) -> dict[str, str | None]:
 
 
 def _latency(bundle: Bundle, rows: list, runs: int = 30) -> dict[str, float]:
-    """Batch-1 latency percentiles on this machine (run-dependent: report only). Text is padded
-    to max_length tokens on every runtime, as fixed-shape runtimes (TFLite) must run it, so the
-    figures of all bundles are measured the same way."""
+    """Batch-1 latency percentiles on this machine (run-dependent: report only). Token ids are
+    padded to max_length on every runtime, as fixed-shape runtimes (TFLite) must run them, so the
+    figures of id-in bundles are measured the same way; a string-in bundle runs the texts as they
+    are (tokenizer included, each at its own length)."""
     rows = [_padded(r, bundle.spec) for r in rows[:runs]]
     times = []
     with bundle.runner() as runner:
@@ -370,16 +371,19 @@ def _verify(bundle: Bundle, record: BundleRecord, verification: Verification, th
             f"edgesdk's calibration could not meet the int8 budget on {calibration['judged_on']} "
             f"({calibration['judge_samples']} samples) with any float layers it tried; this is the best "
             f"configuration found ({record.parity.reason})"))
-    tokenization = record.notes.get("tokenization")
-    if tokenization is not None:  # a string-in bundle: its in-graph tokenizer against Python's
-        record.parity = replace(record.parity, notes=[*record.parity.notes, f"{tokenization['name']}: "
-                                                      f"{tokenization['texts_exact']} of {tokenization['texts']} "
-                                                      f"texts identical; {tokenization['reason']}"])
-        if tokenization["status"] == "fail":
-            record.parity = replace(record.parity, status="fail", reason=f"{tokenization['reason']} "
-                                    f"({record.parity.reason})")
+    if "tokenization" in record.notes:  # a string-in bundle: its in-graph tokenizer against Python's
+        record.parity = _with_tokenization_gate(record.parity, record.notes["tokenization"])
     record.latency_ms = _latency(bundle, head_rows)
     return golden
+
+
+def _with_tokenization_gate(parity: ParityResult, gate: dict[str, Any]) -> ParityResult:
+    """``parity`` with the in-graph tokenization gate's counts as a note, failed when the gate failed."""
+    parity = replace(parity, notes=[*parity.notes, f"{gate['name']}: {gate['texts_exact']} of {gate['texts']} texts "
+                                                   f"identical; {gate['reason']}"])
+    if gate["status"] == "fail":
+        parity = replace(parity, status="fail", reason=f"{gate['reason']} ({parity.reason})")
+    return parity
 
 
 def _proxy_parity(bundle: Bundle, target: Target, record: BundleRecord, verification: Verification,
