@@ -1,7 +1,7 @@
 """String-in bench: does the tokenizer inside the ONNX graph give Python's inputs on real text?
 
 For each tokenizer family the graph's tokenizer (``edgesdk.targets.string_input``: onnxruntime-
-extensions' BertTokenizer or HfJsonTokenizer, looped over the batch) and Hugging Face
+extensions' BertTokenizer, SentencepieceTokenizer or HfJsonTokenizer, looped over the batch) and Hugging Face
 ``tokenizers`` encode the same texts, and every model input (ids, mask, type ids) is compared:
 
 - WordPiece: all-MiniLM-L6-v2's tokenizer;

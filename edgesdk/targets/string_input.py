@@ -6,24 +6,31 @@ text of the batch). Joined in front of the id-in model, one onnxruntime session 
 logits. Which operator tokenizes one text:
 
 - WordPiece with a BERT normalizer: ``BertTokenizer`` (vocabulary, lowercasing, accents);
-- byte-level BPE and Unigram: ``HfJsonTokenizer``, which reads the tokenizer.json itself.
+- Unigram: ``SentencepieceTokenizer``, given a SentencePiece model proto built from the
+  tokenizer.json (pieces, scores, precompiled normalizer), so a pruned one works too;
+- byte-level BPE: ``HfJsonTokenizer``, which reads the tokenizer.json itself.
 
-Both take one text per call, so the graph loops over the batch. Neither is Hugging Face's code:
+Each takes one text per call, so the graph loops over the batch. None is Hugging Face's code:
 the tokenization gate (``edgesdk.tokenization``) compares the graph's ids with Python's on
 every verification text, and the bundle fails where one differs.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import TensorProto, compose, helper, numpy_helper
 
 from edgesdk.errors import InputError
 from edgesdk.runtime.encode import Row, TextEncoder
+from edgesdk.runtime.runner import import_runtime
 from edgesdk.runtime.runners.onnx_runner import ort_session
 from edgesdk.spec import TensorSpec, TextPreprocessing
 
@@ -33,6 +40,11 @@ CONTRIB_DOMAIN = "ai.onnx.contrib"
 TEXT_INPUT = "text"
 PREFIX = "tokenizer/"
 PROBE = "hello world"
+# SentencepieceTokenizer's inputs besides the text: no sampling, no special tokens (the graph adds Python's)
+_SENTENCEPIECE_INPUTS = {f"{PREFIX}{name}": value for name, value in {
+    "nbest_size": (TensorProto.INT64, 0), "alpha": (TensorProto.FLOAT, 0.0), "add_bos": (TensorProto.BOOL, False),
+    "add_eos": (TensorProto.BOOL, False), "reverse": (TensorProto.BOOL, False),
+    "fairseq": (TensorProto.BOOL, False)}.items()}
 
 
 def string_spec_inputs() -> tuple[TensorSpec, ...]:
@@ -40,36 +52,90 @@ def string_spec_inputs() -> tuple[TensorSpec, ...]:
     return (TensorSpec(TEXT_INPUT, "string", ("batch",)),)
 
 
-def _tokenizer_op(tj: dict[str, Any], tokenizer_text: str):
-    """The onnxruntime-extensions node tokenizing one text of ``tj`` (a parsed tokenizer.json)."""
-    from onnx import helper
-
+def _tokenizer_nodes(tj: dict[str, Any], tokenizer_text: str) -> list:
+    """The nodes tokenizing one text of ``tj`` (a parsed tokenizer.json): ``one_text`` in, int64
+    ``raw_ids`` out."""
     kind = tj["model"]["type"]
     if kind == "WordPiece":
-        normalizer = tj.get("normalizer") or {}
-        if normalizer.get("type") != "BertNormalizer":
-            raise InputError(f"the tokenizer is WordPiece with a {normalizer.get('type')} normalizer; string input "
-                             "tokenizes WordPiece only as BERT does (BertNormalizer): use --text-input ids")
-        vocab = sorted(tj["model"]["vocab"].items(), key=lambda kv: kv[1])
-        if [i for _, i in vocab] != list(range(len(vocab))):
-            raise InputError("the WordPiece vocabulary's ids are not 0..n-1: string input needs them contiguous; "
-                             "use --text-input ids")
-        lowercase = bool(normalizer.get("lowercase", True))
-        accents = normalizer.get("strip_accents")
-        return helper.make_node(
-            "BertTokenizer", [f"{PREFIX}one_text"], [f"{PREFIX}raw_ids", f"{PREFIX}type_ids", f"{PREFIX}mask",
-                                                      f"{PREFIX}offsets"],
-            domain=CONTRIB_DOMAIN, vocab_file="\n".join(t for t, _ in vocab), do_lower_case=int(lowercase),
-            strip_accents=int(lowercase if accents is None else accents),
-            tokenize_chinese_chars=int(normalizer.get("handle_chinese_chars", True)),
-            unk_token=tj["model"].get("unk_token", "[UNK]"),
-            suffix_indicator=tj["model"].get("continuing_subword_prefix", "##"))
-    if kind in ("BPE", "Unigram"):
-        tokenizer_class = "GPT2Tokenizer" if kind == "BPE" else "XLMRobertaTokenizer"
-        return helper.make_node("HfJsonTokenizer", [f"{PREFIX}one_text"], [f"{PREFIX}raw_ids"], domain=CONTRIB_DOMAIN,
-                                tokenizer_vocab=tokenizer_text,
-                                tokenizer_config=json.dumps({"tokenizer_class": tokenizer_class}))
-    raise InputError(f"string input has no in-graph tokenizer for a {kind} tokenizer: use --text-input ids")
+        op = _wordpiece_node(tj)
+    elif kind == "Unigram":
+        op = helper.make_node("SentencepieceTokenizer", [f"{PREFIX}one_text", *_SENTENCEPIECE_INPUTS],
+                              [f"{PREFIX}op_ids", f"{PREFIX}offsets"], domain=CONTRIB_DOMAIN,
+                              model=_sentencepiece_model(tj))
+    elif kind == "BPE":
+        op = helper.make_node("HfJsonTokenizer", [f"{PREFIX}one_text"], [f"{PREFIX}op_ids"], domain=CONTRIB_DOMAIN,
+                              tokenizer_vocab=tokenizer_text,
+                              tokenizer_config=json.dumps({"tokenizer_class": "GPT2Tokenizer"}))
+    else:
+        raise InputError(f"string input has no in-graph tokenizer for a {kind} tokenizer: use --text-input ids")
+    constants = [helper.make_node("Constant", [], [name], value=helper.make_tensor(name, dtype, [1], [value]))
+                 for name, (dtype, value) in _SENTENCEPIECE_INPUTS.items() if name in op.input]
+    return [*constants, op, helper.make_node("Cast", [f"{PREFIX}op_ids"], [f"{PREFIX}raw_ids"], to=TensorProto.INT64)]
+
+
+def _wordpiece_node(tj: dict[str, Any]):
+    """onnxruntime-extensions' BertTokenizer with the tokenizer.json's vocabulary and normalizer."""
+    normalizer = tj.get("normalizer") or {}
+    if normalizer.get("type") != "BertNormalizer":
+        raise InputError(f"the tokenizer is WordPiece with a {normalizer.get('type')} normalizer; string input "
+                         "tokenizes WordPiece only as BERT does (BertNormalizer): use --text-input ids")
+    vocab = sorted(tj["model"]["vocab"].items(), key=lambda kv: kv[1])
+    if [i for _, i in vocab] != list(range(len(vocab))):
+        raise InputError("the WordPiece vocabulary's ids are not 0..n-1: string input needs them contiguous; "
+                         "use --text-input ids")
+    lowercase = bool(normalizer.get("lowercase", True))
+    accents = normalizer.get("strip_accents")  # None: as lowercase (gen_processing_models passes 0 here)
+    return helper.make_node(
+        "BertTokenizer", [f"{PREFIX}one_text"], [f"{PREFIX}op_ids", f"{PREFIX}type_ids", f"{PREFIX}mask",
+                                                  f"{PREFIX}offsets"],
+        domain=CONTRIB_DOMAIN, vocab_file="\n".join(t for t, _ in vocab), do_lower_case=int(lowercase),
+        strip_accents=int(lowercase if accents is None else accents),
+        tokenize_chinese_chars=int(normalizer.get("handle_chinese_chars", True)),
+        unk_token=tj["model"].get("unk_token", "[UNK]"),
+        suffix_indicator=tj["model"].get("continuing_subword_prefix", "##"))
+
+
+def _sentencepiece_model(tj: dict[str, Any]) -> bytes:
+    """A SentencePiece model proto of a Unigram tokenizer.json: its pieces and scores in id order
+    (so SentencePiece's ids are the tokenizer's), its precompiled normalizer, no special tokens
+    added (the graph adds Python's)."""
+    sp = import_runtime("sentencepiece.sentencepiece_model_pb2", "strings")
+    model, piece = tj["model"], sp.ModelProto.SentencePiece
+    specials = {t["content"]: t["id"] for t in tj.get("added_tokens", []) if t.get("special")}
+    proto = sp.ModelProto()
+    for i, (text, score) in enumerate(model["vocab"]):
+        entry = proto.pieces.add(piece=text, score=score)
+        if i == model.get("unk_id"):
+            entry.type = piece.UNKNOWN
+        elif text in specials:
+            entry.type = piece.CONTROL
+        elif model.get("byte_fallback") and re.fullmatch(r"<0x[0-9A-F]{2}>", text):
+            entry.type = piece.BYTE
+    if model.get("unk_id") is None:
+        raise InputError("the Unigram tokenizer has no unknown piece: string input needs one; use --text-input ids")
+    trainer = proto.trainer_spec
+    trainer.model_type, trainer.unk_id, trainer.byte_fallback = sp.TrainerSpec.UNIGRAM, model["unk_id"], bool(
+        model.get("byte_fallback"))
+    trainer.bos_id, trainer.eos_id, trainer.pad_id = (specials.get(t, -1) for t in ("<s>", "</s>", "<pad>"))
+    normalizers = _flat(tj.get("normalizer"))
+    precompiled = next((n["precompiled_charsmap"] for n in normalizers if n.get("type") == "Precompiled"), None)
+    spec = proto.normalizer_spec
+    spec.name = "user_defined" if precompiled else "identity"
+    if precompiled:
+        spec.precompiled_charsmap = base64.b64decode(precompiled)
+    spec.add_dummy_prefix = any(n.get("type") == "Metaspace" and n.get("add_prefix_space", True)
+                                and n.get("prepend_scheme", "always") != "never"
+                                for n in _flat(tj.get("pre_tokenizer")))
+    spec.remove_extra_whitespaces = spec.escape_whitespaces = True
+    return proto.SerializeToString()
+
+
+def _flat(component: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A tokenizer.json normalizer or pre-tokenizer as a list (a Sequence's members)."""
+    if not component:
+        return []
+    members = component.get("normalizers") or component.get("pretokenizers")
+    return [m for c in members for m in _flat(c)] if members else [component]
 
 
 def _content_at(ids: list[int], content: list[int]) -> int:
@@ -77,16 +143,15 @@ def _content_at(ids: list[int], content: list[int]) -> int:
     return next((k for k in range(len(ids) - len(content) + 1) if ids[k:k + len(content)] == content), -1)
 
 
-def _op_ids(node, opset: int, text: str) -> list[int]:
-    """What the tokenizer node alone gives for ``text``."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info(node.input[0], TensorProto.STRING, [1])],
-                              [helper.make_tensor_value_info(node.output[0], TensorProto.INT64, None)])
+def _op_ids(nodes: list, opset: int, text: str) -> list[int]:
+    """What the tokenizer nodes alone give for ``text``."""
+    graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info(f"{PREFIX}one_text", TensorProto.STRING,
+                                                                             [1])],
+                              [helper.make_tensor_value_info(f"{PREFIX}raw_ids", TensorProto.INT64, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                     helper.make_opsetid(CONTRIB_DOMAIN, 1)])
     return [int(i) for i in np.asarray(ort_session(model.SerializeToString(), True).run(None, {
-        node.input[0]: np.array([text], dtype=object)})[0]).reshape(-1)]
+        f"{PREFIX}one_text": np.array([text], dtype=object)})[0]).reshape(-1)]
 
 
 def _specials(encoder: TextEncoder, op_ids: list[int]) -> tuple[list[int], list[int], int, int]:
@@ -103,22 +168,18 @@ def _specials(encoder: TextEncoder, op_ids: list[int]) -> tuple[list[int], list[
 
 
 def _const(name: str, values: list[int]):
-    from onnx import helper, numpy_helper
-
     return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(values, np.int64), name))
 
 
-def _loop_body(node, prefix: list[int], suffix: list[int], front: int, back: int, pre: TextPreprocessing):
+def _loop_body(tokenizer: list, prefix: list[int], suffix: list[int], front: int, back: int, pre: TextPreprocessing):
     """One text to ``max_length`` ids and mask (padded); the loop stacks them."""
-    from onnx import TensorProto, helper
-
     p = PREFIX
     budget = pre.max_length - len(prefix) - len(suffix)
     nodes = [
         helper.make_node("Unsqueeze", [f"{p}i", f"{p}axis0"], [f"{p}i1"]),
         helper.make_node("Add", [f"{p}i1", f"{p}one"], [f"{p}i1_end"]),
         helper.make_node("Slice", [TEXT_INPUT, f"{p}i1", f"{p}i1_end", f"{p}axis0"], [f"{p}one_text"]),
-        node,
+        *tokenizer,
         helper.make_node("Reshape", [f"{p}raw_ids", f"{p}flat_shape"], [f"{p}flat"]),
         helper.make_node("Shape", [f"{p}flat"], [f"{p}n"]),
         helper.make_node("Sub", [f"{p}n", f"{p}back"], [f"{p}content_end"]),
@@ -155,13 +216,11 @@ def tokenizer_model(encoder: TextEncoder, tokenizer_file: Path, input_names: lis
                     ir_version: int):
     """The tokenizer graph alone: a batch of strings in, the model's id inputs out (padded to the
     longest text), as ``encoder`` (the bundle's Python tokenizer) would give them."""
-    from onnx import TensorProto, helper
-
     text = Path(tokenizer_file).read_text(encoding="utf-8")
-    node = _tokenizer_op(json.loads(text), text)
-    prefix, suffix, front, back = _specials(encoder, _op_ids(node, opset, PROBE))
+    tokenizer = _tokenizer_nodes(json.loads(text), text)
+    prefix, suffix, front, back = _specials(encoder, _op_ids(tokenizer, opset, PROBE))
     p, pre = PREFIX, encoder.pre
-    body = _loop_body(node, prefix, suffix, front, back, pre)
+    body = _loop_body(tokenizer, prefix, suffix, front, back, pre)
     outputs = {"input_ids": f"{p}ids_cut", "attention_mask": f"{p}mask_cut", "token_type_ids": f"{p}types"}
     unknown = sorted(set(input_names) - set(outputs))
     if unknown:
@@ -201,9 +260,6 @@ def string_model(model_path: Path, encoder: TextEncoder, tokenizer_file: Path, i
                  ) -> Callable[[list[str]], list[Row]]:
     """Write ``out``: the tokenizer graph joined in front of the id-in model at ``model_path``;
     returns the tokenizer graph alone, as a function of texts to rows (for the tokenization gate)."""
-    import onnx
-    from onnx import compose
-
     model = onnx.load(str(model_path))
     tokenizer = tokenizer_model(encoder, tokenizer_file, input_names, _default_opset(model), model.ir_version)
     onnx.save(compose.merge_models(tokenizer, model, io_map=[(n, n) for n in input_names]), str(out))
