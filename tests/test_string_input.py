@@ -99,3 +99,12 @@ def test_text_input_is_checked(tiny_text_dir, text_tsv, tmp_path):
     with pytest.raises(edgesdk.InputError, match="applies to text models"):
         edgesdk.convert(image, tmp_path / "b", text_input="string", quiet=True)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_cli_names_the_missing_extra(tiny_text_dir, text_tsv, tmp_path):
+    from conftest import run_cli
+
+    r = run_cli("convert", "--model", str(tiny_text_dir), "--out", str(tmp_path / "dist"), "--verify-on",
+                str(text_tsv), "--text-input", "string", block=("onnxruntime_extensions",))
+    assert r.returncode == 2 and "pip install 'edgesdk[strings]'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "dist").exists()
