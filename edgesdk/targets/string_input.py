@@ -168,7 +168,13 @@ def _specials(encoder: TextEncoder, op_ids: list[int]) -> tuple[list[int], list[
 
 
 def _const(name: str, values: list[int]):
+    """A 1-D int64 constant."""
     return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(values, np.int64), name))
+
+
+def _scalar(name: str, dtype: int, value: Any):
+    """A 0-D constant."""
+    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, dtype, [], [value]))
 
 
 def _loop_body(tokenizer: list, prefix: list[int], suffix: list[int], front: int, back: int, pre: TextPreprocessing):
@@ -199,10 +205,7 @@ def _loop_body(tokenizer: list, prefix: list[int], suffix: list[int], front: int
                  _const(f"{p}back", [back]), _const(f"{p}front", [front]), _const(f"{p}zero", [0]),
                  _const(f"{p}budget", [budget]), _const(f"{p}prefix", prefix), _const(f"{p}suffix", suffix),
                  _const(f"{p}max_length", [pre.max_length])]
-    scalars = [helper.make_node("Constant", [], [f"{p}pad_id"], value=helper.make_tensor("v", TensorProto.INT64, [],
-                                                                                       [pre.pad_id])),
-               helper.make_node("Constant", [], [f"{p}zero_scalar"],
-                                value=helper.make_tensor("v", TensorProto.INT64, [], [0]))]
+    scalars = [_scalar(f"{p}pad_id", TensorProto.INT64, pre.pad_id), _scalar(f"{p}zero_scalar", TensorProto.INT64, 0)]
     return helper.make_graph(
         [*constants, *scalars, *nodes], "one_text",
         [helper.make_tensor_value_info(f"{p}i", TensorProto.INT64, []),
@@ -230,9 +233,7 @@ def tokenizer_model(encoder: TextEncoder, tokenizer_file: Path, input_names: lis
         _const(f"{p}axis1", [1]), _const(f"{p}zero0", [0]),
         helper.make_node("Shape", [TEXT_INPUT], [f"{p}batch"]),
         helper.make_node("Squeeze", [f"{p}batch"], [f"{p}count"]),
-        _const(f"{p}true_value", [1]),
-        helper.make_node("Cast", [f"{p}true_value"], [f"{p}true_1d"], to=TensorProto.BOOL),
-        helper.make_node("Squeeze", [f"{p}true_1d"], [f"{p}true"]),
+        _scalar(f"{p}true", TensorProto.BOOL, True),
         helper.make_node("Loop", [f"{p}count", f"{p}true"], [f"{p}ids_all", f"{p}mask_all"], body=body),
         helper.make_node("ReduceSum", [f"{p}mask_all", f"{p}axis1"], [f"{p}lengths"], keepdims=0),
         helper.make_node("ReduceMax", [f"{p}lengths"], [f"{p}longest"], keepdims=1),
