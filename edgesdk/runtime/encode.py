@@ -43,6 +43,12 @@ def in_row_order(batches: Iterable[tuple[Sequence[int], np.ndarray]]) -> np.ndar
     return np.concatenate(values)[np.argsort(np.asarray(order), kind="stable")]
 
 
+def _check_texts(samples: Sequence) -> None:
+    for i, s in enumerate(samples):
+        if not isinstance(s, str):
+            raise InputError(f"sample {i} is {type(s).__name__}, expected text (str)")
+
+
 class Encoder:
     """Encodes samples into rows and stacks rows into batches of feeds."""
 
@@ -74,9 +80,7 @@ class TextEncoder(Encoder):
         self.input_names = tuple(input_names)
 
     def encode(self, samples: Sequence[str]) -> list[Row]:
-        for i, s in enumerate(samples):
-            if not isinstance(s, str):
-                raise InputError(f"sample {i} is {type(s).__name__}, expected text (str)")
+        _check_texts(samples)
         rows = []
         for enc in self.tokenizer.encode_batch(list(samples)):
             fields = {
@@ -111,9 +115,7 @@ class StringEncoder(Encoder):
         self.input_name = input_name
 
     def encode(self, samples: Sequence[str]) -> list[Row]:
-        for i, s in enumerate(samples):
-            if not isinstance(s, str):
-                raise InputError(f"sample {i} is {type(s).__name__}, expected text (str)")
+        _check_texts(samples)
         return [{self.input_name: np.array(s, dtype=str)} for s in samples]
 
     def batches(self, rows: Sequence[Row], batch_size: int) -> Iterator[tuple[list[int], Row]]:
