@@ -617,9 +617,7 @@ def _verification(classifier: Classifier, data: VerificationData, reference: Arr
                   perturbed: dict[str, tuple[list, np.ndarray]], work: Path) -> Verification:
     """Labels and input digests of every verification sample in files."""
     labels = ArrayFile(work / "labels.i64", np.int64)
-    for _, samples in data.chunks():
-        labels.append(samples.labels)
-    digests = input_digests(data, classifier.encoder(), work / "digests.u8")
+    digests = input_digests(data, classifier.encoder(), work / "digests.u8", labels)
     return Verification(data, reference, labels, digests, head, perturbed)
 
 

@@ -164,12 +164,15 @@ class Verification:
         return items, np.concatenate(labels)
 
 
-def input_digests(data: VerificationData, encoder: Any, path: Path) -> ArrayFile:
-    """The digest of every verification sample's inputs as ``encoder`` encodes them, in a file."""
+def input_digests(data: VerificationData, encoder: Any, path: Path, labels: ArrayFile | None = None) -> ArrayFile:
+    """The digest of every verification sample's inputs as ``encoder`` encodes them, in a file
+    (and, when given, the labels appended to ``labels`` in the same pass over the data)."""
     digests = ArrayFile(path, np.uint8, (32,))
     for _, samples in data.chunks():
         digests.append(np.frombuffer(b"".join(row_digest(r) for r in encoder.encode(samples.items)),
                                      np.uint8).reshape(-1, 32))
+        if labels is not None:
+            labels.append(samples.labels)
     return digests
 
 

@@ -90,11 +90,11 @@ class SampleBundle:
     def encode_texts(self, items: list[str]) -> Rows:
         """Text lines as one row of named arrays each (the bundle's own tokenizer.json), or as the
         strings themselves when the model tokenizes inside its graph."""
-        from tokenizers import Tokenizer
-
         pre = self.spec["preprocessing"]
         if pre.get("text_input") == "string":
             return [{self.inputs[0]: np.array(item, dtype=object)} for item in items]
+        from tokenizers import Tokenizer
+
         try:
             tokenizer = Tokenizer.from_file(str(self.member(pre["tokenizer"])))
         except Exception as e:  # tokenizers raises plain Exception subclasses

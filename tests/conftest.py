@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,18 @@ def run_cli(*args: str, block_torch: bool = False, block: tuple[str, ...] = (), 
     blocked = ("torch",) * block_torch + block
     return subprocess.run([sys.executable, "-c", prelude + (block_imports(*blocked) if blocked else "") + code, *args],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def run_sample_app(app: str, bundle, inputs: list[str], block: tuple[str, ...] = ()) -> list[dict]:
+    """Run ``samples/APP`` on ``bundle`` in a fresh process where torch, edgesdk and ``block`` cannot
+    be imported; returns its JSON lines."""
+    code = block_imports("torch", "edgesdk", *block) + (
+        f"import runpy, sys; sys.argv = sys.argv[1:]; sys.path.insert(0, {str(ROOT / 'samples')!r}); "
+        f"runpy.run_path(sys.argv[0], run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code, str(ROOT / "samples" / app), str(bundle), *inputs],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def block_imports(*modules: str) -> str:

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, block_imports
+from conftest import run_sample_app
 from PIL import Image
 
 from edgesdk.runtime import load_bundle
 
 APPS = {"onnx": "onnxruntime_app.py", "openvino": "openvino_app.py", "tflite": "litert_app.py"}
 TEXTS = ["how much does a good steak cost", "who wrote war and peace", "🙂 completely unrelated"]
-
-
-def _run_app(app: str, bundle, inputs: list[str]) -> list[dict]:
-    code = block_imports("torch", "edgesdk") + (
-        f"import runpy, sys; sys.argv = sys.argv[1:]; sys.path.insert(0, {str(ROOT / 'samples')!r}); "
-        f"runpy.run_path(sys.argv[0], run_name='__main__')")
-    done = subprocess.run([sys.executable, "-c", code, str(ROOT / "samples" / app), str(bundle), *inputs],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 @pytest.mark.parametrize("target", list(APPS))
@@ -37,7 +25,7 @@ def test_sample_apps_match_the_edgesdk_loader(demo_out, tmp_path, target, precis
         files.append(str(tmp_path / f"{i}.png"))
     for kind, inputs, samples in (("text", TEXTS, TEXTS), ("image", files, list(images))):
         bundle = demo_out / kind / f"{target}-{precision}"
-        printed = _run_app(APPS[target], bundle, inputs)
+        printed = run_sample_app(APPS[target], bundle, inputs)
         expected = load_bundle(bundle).classify(samples)
         assert [p["label"] for p in printed] == [e.label for e in expected]
         for p, e in zip(printed, expected):

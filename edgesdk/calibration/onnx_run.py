@@ -11,19 +11,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ort_session", "with_outputs", "onnx_logits", "run_outputs"]
+from edgesdk.runtime.runners.onnx_runner import ort_session
+
+__all__ = ["with_outputs", "onnx_logits", "run_outputs"]
+
+THREADS = 2
 
 
-def ort_session(model: Any, threads: int = 2):
-    """An onnxruntime CPU session of ``model`` (a ModelProto or serialized bytes)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    source = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+def _session(model: Any):
+    """An onnxruntime CPU session of ``model`` (a ModelProto or serialized bytes) on ``THREADS``."""
+    return ort_session(model if isinstance(model, bytes) else model.SerializeToString(), threads=THREADS)
 
 
 def with_outputs(model: Any, names: Iterable[str]) -> Any:
@@ -40,7 +37,7 @@ def with_outputs(model: Any, names: Iterable[str]) -> Any:
 
 def run_outputs(model: Any, names: list[str], rows: list, encoder, batch_size: int = 16):
     """Yield (feeds, {name: value}) per batch of ``rows`` for the named outputs of ``model``."""
-    session = ort_session(with_outputs(model, names))
+    session = _session(with_outputs(model, names))
     for _, feeds in encoder.batches(rows, batch_size):
         yield feeds, dict(zip(names, session.run(names, feeds)))
 
@@ -49,6 +46,6 @@ def onnx_logits(model: Any, rows: list, encoder) -> np.ndarray:
     """The ``logits`` output of ``model`` over encoded ``rows``, in row order."""
     from edgesdk.runtime.encode import in_row_order
 
-    session = ort_session(model)
+    session = _session(model)
     return in_row_order((idx, session.run(["logits"], feeds)[0]) for idx, feeds in encoder.batches(rows, 16)
                         ).astype(np.float64)

@@ -11,12 +11,15 @@ from ..runner import Runner, import_runtime
 __all__ = ["OnnxRuntimeRunner", "ort_session"]
 
 
-def ort_session(model: Path | bytes, extensions: bool = False):
+def ort_session(model: Path | bytes, extensions: bool = False, threads: int | None = None):
     """An onnxruntime CPU session for a model file or its bytes; ``extensions`` registers
-    onnxruntime-extensions' operators (the tokenizer of a string-in text model)."""
+    onnxruntime-extensions' operators (the tokenizer of a string-in text model); ``threads``
+    fixes the intra-op threads (one inter-op thread), onnxruntime's default otherwise."""
     ort = import_runtime("onnxruntime", "onnx")
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     if extensions:
         options.register_custom_ops_library(import_runtime("onnxruntime_extensions", "strings").get_library_path())
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
