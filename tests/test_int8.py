@@ -147,3 +147,39 @@ def test_calibration_logits_come_back_in_row_order_whatever_order_the_encoder_ba
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     rows = [np.array([(7 * i) % 40, i], np.float32) for i in range(40)]
     assert np.array_equal(onnx_logits(model, rows, LongestFirst()), np.stack(rows))
+
+
+def test_onnxruntime_int8_form_runs_each_matmul_and_its_bias_as_one_integer_kernel():
+    """The onnx bundle's integer form computes what the QDQ model computes, with one node per layer
+    (the bias is added in another order, which may move a value across a rounding boundary of the
+    next layer's quantization: one step at most)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesdk.calibration.onnx_run import _session
+    from edgesdk.calibration.qdq import qdq_model
+    from edgesdk.targets.onnx_integer import integer_matmuls
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(size=(8, 16)).astype(np.float32), rng.normal(size=(16, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+         helper.make_node("Add", ["b1", "h"], ["hb"], name="bias1"),  # the bias on either side
+         helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+         helper.make_node("MatMul", ["r", "w2"], ["logits"], name="fc2")],  # no bias, writes the output
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 3])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+         numpy_helper.from_array(rng.normal(size=16).astype(np.float32), "b1")])
+    fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    qdq, _ = qdq_model(fp32, {"x": (-3.0, 3.0), "r": (0.0, 6.0)}, {"fc1", "fc2"})
+    integer = integer_matmuls(qdq)
+    ops = [n.op_type for n in integer.graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 2 and "MatMul" not in ops and "Add" not in ops
+    assert "DequantizeLinear" not in ops  # the weights stay int8, read by the kernel directly
+    fused = next(n for n in integer.graph.node if n.name == "fc1")
+    assert len(fused.input) == 7 and fused.input[6] == "b1"
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    expected = _session(qdq).run(["logits"], {"x": x})[0]
+    step = 6.0 / 255  # the scale of r, the second layer's input
+    difference = np.abs(_session(integer).run(["logits"], {"x": x})[0] - expected)
+    assert np.all(difference <= step * np.abs(w2).sum(0) + 1e-4)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["QuantNode", "quantizable_nodes", "qdq_model", "activation_qparams", "QUANT_OPS"]
+__all__ = ["QuantNode", "quantizable_nodes", "qdq_model", "activation_qparams", "prune_unused", "QUANT_OPS"]
 
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
 EMBEDDING_MIN_ROWS = 256
@@ -221,11 +221,11 @@ def qdq_model(fp32, ranges: dict[str, tuple[float, float]], nodes: set[str] | li
         rewrite.nodes = []
     del model.graph.node[:]
     model.graph.node.extend(ordered)
-    _prune_unused(model)
+    prune_unused(model)
     return model, _quantize_embeddings(model)
 
 
-def _prune_unused(model) -> None:
+def prune_unused(model) -> None:
     """Drop nodes whose outputs nothing reads, then initializers nothing reads."""
     outputs = {o.name for o in model.graph.output}
     while True:

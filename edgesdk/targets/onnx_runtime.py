@@ -1,7 +1,7 @@
 """ONNX Runtime target: the torch.export ONNX graph, run on onnxruntime's CPU provider.
 
-int8 is edgesdk's QDQ model (``edgesdk.calibration``): onnxruntime fuses each
-DequantizeLinear -> MatMul into an integer MatMul with uint8 activations, the fast path on
+int8 is edgesdk's QDQ model (``edgesdk.calibration``) with each quantized MatMul and its bias
+written as onnxruntime's integer kernel (``onnx_integer``): uint8 activations, the fast path on
 CPUs without VNNI. With ``text_input="string"`` a text bundle takes strings: the tokenizer
 graph (``string_input``) runs before the model, and its ids are compared with Python's on every
 verification text (the bundle fails where one differs).
@@ -19,6 +19,7 @@ from edgesdk.spec import ModelSpec
 from edgesdk.tokenization import graph_tokenization_gate
 
 from .base import TARGETS, Target
+from .onnx_integer import integer_matmuls
 from .string_input import string_model, string_spec_inputs
 
 __all__ = ["OnnxRuntimeTarget"]
@@ -43,17 +44,20 @@ class OnnxRuntimeTarget(Target):
     def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
         import_runtime("onnxruntime", self.extra)
         notes: dict[str, Any] = {"exporter": "torch.onnx.export(dynamo=True)", "opset": artifacts.onnx_opset}
+        out = folder / self.model_file
         if precision == "fp32":
-            model = artifacts.onnx_fp32()
+            shutil.copyfile(artifacts.onnx_fp32(), out)
         else:
+            import onnx
+
             calibration = artifacts.calibration()
-            model = calibration.model
-            notes |= {"int8": "QDQ: uint8 activations, int8 per-channel weights, int8 embedding rows",
+            onnx.save_model(integer_matmuls(onnx.load(str(calibration.model))), str(out))
+            notes |= {"int8": "edgesdk's QDQ model with each quantized MatMul and its bias as one onnxruntime "
+                              "MatMulIntegerToFloat: uint8 activations, int8 per-channel weights, int8 embedding rows",
                       **self.write_ranges(calibration, folder)}
         if self.bundle_spec(artifacts.classifier.spec, artifacts.text_input) is artifacts.classifier.spec:
-            shutil.copyfile(model, folder / self.model_file)
             return notes
-        return {**notes, **self._string_model(artifacts, model, folder / self.model_file)}
+        return {**notes, **self._string_model(artifacts, out, out)}
 
     @staticmethod
     def _string_model(artifacts: Any, model: Path, out: Path) -> dict[str, Any]:
