@@ -38,6 +38,10 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         quantized = [r for r in ranges["activations"].values() if r["quantized"]]
         assert quantized and all(r["scale"] > 0 and 0 <= r["zero_point"] <= 255 for r in quantized)
         assert all(r["lo"] <= 0 <= r["hi"] for r in ranges["activations"].values())
+    import onnx
+
+    text_int8 = onnx.load(str(demo_out / "text" / "onnx-int8" / "model.onnx"))  # onnxruntime's integer form
+    assert "MatMulIntegerToFloat" in {n.op_type for n in text_int8.graph.node}
     fp32 = (demo_out / "text" / "onnx-fp32" / "model.onnx").stat().st_size
     # int8 embedding rows and int8 layers; the layers the bound needs on the demo's near-tie traffic stay float
     assert (demo_out / "text" / "onnx-int8" / "model.onnx").stat().st_size < 0.9 * fp32
