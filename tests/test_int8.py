@@ -187,3 +187,42 @@ def test_onnxruntime_int8_form_runs_each_matmul_and_its_bias_as_one_integer_kern
     step = 6.0 / 255  # the scale of r, the second layer's input
     difference = np.abs(_session(integer).run(["logits"], {"x": x})[0] - expected)
     assert np.all(difference <= step * np.abs(w2).sum(0) + 1e-4)
+
+
+def test_smoothing_is_an_exact_rewrite_folded_into_a_product_where_it_can_be():
+    """Outlier channels move into the weights; a tensor others read too gets a Mul on its MatMuls'
+    path, while a product read only by its MatMul (GELU's ``x * (0.5 * (1 + erf))``) takes the
+    scale in its constant factor, with no extra pass."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesdk.calibration.onnx_run import _session
+    from edgesdk.calibration.qdq import quantizable_nodes
+    from edgesdk.calibration.smooth import smooth_model, smoothable
+
+    rng = np.random.default_rng(0)
+    weights = {name: numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), name) for name in "ab"}
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu"),  # read by a MatMul and the residual
+         helper.make_node("MatMul", ["r", "a"], ["h"], name="fc_a"),
+         helper.make_node("Erf", ["h"], ["e"], name="erf"),
+         helper.make_node("Add", ["e", "one"], ["e1"], name="plus_one"),
+         helper.make_node("Mul", ["half", "e1"], ["m"], name="half_times"),
+         helper.make_node("Mul", ["h", "m"], ["gelu"], name="gelu"),  # read by fc_b only
+         helper.make_node("MatMul", ["gelu", "b"], ["y"], name="fc_b"),
+         helper.make_node("Add", ["y", "r"], ["logits"], name="residual")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 8])],
+        [*weights.values(), numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+         numpy_helper.from_array(np.array(0.5, np.float32), "half")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    outliers = np.array([1, 1, 1, 30, 1, 1, 1, 1], np.float32)
+    smoothed, renamed = smooth_model(model, smoothable(model, quantizable_nodes(model)),
+                                     {"r": outliers, "gelu": outliers[::-1].copy()})
+    assert renamed == {"r": "r.smooth", "gelu": "gelu"}
+    ops = [n.op_type for n in smoothed.graph.node]
+    assert ops.count("Mul") == 3  # one Mul added for r, none for gelu
+    factor = numpy_helper.to_array(next(i for i in smoothed.graph.initializer if i.name == "gelu.smooth.factor"))
+    assert factor.shape == (8,) and factor[4] < 0.5 / 10 and factor[0] == 0.5
+    x = (rng.normal(size=(32, 8)) * outliers).astype(np.float32)
+    expected = _session(model).run(["logits"], {"x": x})[0]
+    assert np.allclose(_session(smoothed).run(["logits"], {"x": x})[0], expected, rtol=1e-4, atol=1e-4)
