@@ -75,6 +75,25 @@ def test_a_string_bundle_takes_strings_and_matches_the_id_bundle(tiny_text_dir, 
     assert [p["label"] for p in printed] == [p.label for p in reference.classify(texts[:3])]
 
 
+def test_an_int8_string_bundle_puts_the_tokenizer_before_the_integer_model(tiny_text_dir, text_tsv, tmp_path):
+    import onnx
+
+    from edgesdk.demo import OTHER_TOPICS, topic_lines
+
+    calibration = tmp_path / "calibration.tsv"
+    calibration.write_text("".join(f"{t}\n" for t, _ in topic_lines(OTHER_TOPICS)[:60]), encoding="utf-8")
+    model = TextClassifier.from_pretrained(tiny_text_dir)
+    result = edgesdk.convert(model, tmp_path / "out", precisions=["int8"], calibration=calibration,
+                             verify_on=text_tsv, text_input="string", int8_layers=["*"], quiet=True)
+    (record,) = result.bundles
+    assert record.notes["tokenization"]["status"] == "pass"
+    graph = onnx.load(str(result.out / "onnx-int8" / "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.index("Loop") < ops.index("MatMulIntegerToFloat")  # the tokenizer's loop over texts, then int8
+    bundle = load_bundle(result.out / "onnx-int8", self_test=True)
+    assert bundle.run_rows(bundle.encoder.encode(["a great movie", ""]))["logits"].shape == (2, 3)
+
+
 def test_a_text_the_graph_tokenizes_otherwise_fails_the_bundle_by_name(tiny_xlmr_dir, tmp_path):
     data = tmp_path / "val.tsv"
     data.write_text("text\tlabel\nHello world!\tyes\n  leading and trailing  \tno\n", encoding="utf-8")
