@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import random
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,11 @@ def _indexed(pairs: list[tuple[str, str]], names: list[str]) -> Split:
     return [(t, names.index(y)) for t, y in pairs]
 
 
+def _shuffled(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    random.Random(0).shuffle(pairs)
+    return pairs
+
+
 def load_set(name: str) -> tuple[list[str], Split, Split, Split, Split]:
     """Labels and disjoint (train, calibration, verification, test) splits of a set in ../shared/data.
 
@@ -60,7 +66,8 @@ def load_set(name: str) -> tuple[list[str], Split, Split, Split, Split]:
         def read(split: str) -> list[tuple[str, str]]:
             with open(DATA / "banking77" / "banking_data" / f"{split}.csv", encoding="utf-8") as f:
                 return [(r["text"], r["category"]) for r in csv.DictReader(f)]
-        train, test = read("train"), read("test")
+        # the files are sorted by category: shuffled (seeded), every split holds every class
+        train, test = _shuffled(read("train")), _shuffled(read("test"))
         labels = names = sorted({y for _, y in train})
         parts = train[:-1300], train[-1300:-1000], train[-1000:], test[:2000]
     elif name == "sms_spam":
