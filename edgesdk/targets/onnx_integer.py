@@ -58,10 +58,10 @@ def integer_matmuls(qdq: Any) -> Any:
         for name in node.input:
             readers.setdefault(name, []).append(node)
     graph_outputs = {o.name for o in graph.output}
-    fused_adds: set[int] = set()
+    fused: set[str] = set()  # outputs of the bias Adds taken into a kernel
     nodes = []
     for node in graph.node:
-        if id(node) in fused_adds:
+        if node.op_type == "Add" and node.output[0] in fused:
             continue
         activation = _dequantized(node.input[0], producers, constants) if node.op_type == "MatMul" else None
         weight = _dequantized(node.input[1], producers, constants) if activation else None
@@ -78,7 +78,7 @@ def integer_matmuls(qdq: Any) -> Any:
             if bias is not None:
                 inputs.append(bias)
                 output = after[0].output[0]
-                fused_adds.add(id(after[0]))
+                fused.add(output)
         nodes.append(helper.make_node("MatMulIntegerToFloat", inputs, [output], name=node.name, domain=MS_DOMAIN))
     del graph.node[:]
     graph.node.extend(nodes)
