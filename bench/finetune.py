@@ -47,6 +47,7 @@ def _indexed(pairs: list[tuple[str, str]], names: list[str]) -> Split:
 
 
 def _shuffled(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``pairs`` shuffled in place with a fixed seed (the same splits on every run)."""
     random.Random(0).shuffle(pairs)
     return pairs
 

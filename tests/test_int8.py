@@ -13,6 +13,7 @@ from edgesdk import TextClassifier
 from edgesdk.calibration import Budget
 from edgesdk.calibration.calibrate import effect, meets, point_judgement, search_float_layers
 from edgesdk.errors import InputError
+from edgesdk.runtime.runners.onnx_runner import ort_session
 
 
 def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
@@ -159,7 +160,6 @@ def test_onnxruntime_int8_form_runs_each_matmul_and_its_bias_as_one_integer_kern
     next layer's quantization: one step at most)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgesdk.calibration.onnx_run import _session
     from edgesdk.calibration.qdq import qdq_model
     from edgesdk.targets.onnx_integer import integer_matmuls
 
@@ -183,9 +183,9 @@ def test_onnxruntime_int8_form_runs_each_matmul_and_its_bias_as_one_integer_kern
     fused = next(n for n in integer.graph.node if n.name == "fc1")
     assert len(fused.input) == 7 and fused.input[6] == "b1"
     x = rng.normal(size=(64, 8)).astype(np.float32)
-    expected = _session(qdq).run(["logits"], {"x": x})[0]
+    expected = ort_session(qdq.SerializeToString()).run(["logits"], {"x": x})[0]
     step = 6.0 / 255  # the scale of r, the second layer's input
-    difference = np.abs(_session(integer).run(["logits"], {"x": x})[0] - expected)
+    difference = np.abs(ort_session(integer.SerializeToString()).run(["logits"], {"x": x})[0] - expected)
     assert np.all(difference <= step * np.abs(w2).sum(0) + 1e-4)
 
 
@@ -195,7 +195,6 @@ def test_smoothing_is_an_exact_rewrite_folded_into_a_product_where_it_can_be():
     scale in its constant factor, with no extra pass."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgesdk.calibration.onnx_run import _session
     from edgesdk.calibration.qdq import quantizable_nodes
     from edgesdk.calibration.smooth import smooth_model, smoothable
 
@@ -224,5 +223,6 @@ def test_smoothing_is_an_exact_rewrite_folded_into_a_product_where_it_can_be():
     factor = numpy_helper.to_array(next(i for i in smoothed.graph.initializer if i.name == "gelu.smooth.factor"))
     assert factor.shape == (8,) and factor[4] < 0.5 / 10 and factor[0] == 0.5
     x = (rng.normal(size=(32, 8)) * outliers).astype(np.float32)
-    expected = _session(model).run(["logits"], {"x": x})[0]
-    assert np.allclose(_session(smoothed).run(["logits"], {"x": x})[0], expected, rtol=1e-4, atol=1e-4)
+    expected = ort_session(model.SerializeToString()).run(["logits"], {"x": x})[0]
+    got = ort_session(smoothed.SerializeToString()).run(["logits"], {"x": x})[0]
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-4)
