@@ -125,13 +125,13 @@ def _fold_into_factor(graph: Any, activation: str, inverse: np.ndarray, producer
     takes it in its 0.5). Returns whether it did."""
     from onnx import numpy_helper
 
-    frontier = [activation]
+    name: str | None = activation
     for _ in range(3):
-        node = producers.get(frontier.pop()) if frontier else None
+        node = producers.get(name)
         if node is None or node.op_type != "Mul":
             return False
-        for index, name in enumerate(node.input):
-            value = numpy_helper.to_array(constants[name]) if name in constants else None
+        for index, factor_input in enumerate(node.input):
+            value = numpy_helper.to_array(constants[factor_input]) if factor_input in constants else None
             if value is not None and value.dtype == np.float32 and value.size in (1, inverse.size) \
                     and value.shape[-1:] in ((), (1,), (inverse.size,)):
                 factor = f"{activation}.smooth.factor"
@@ -139,7 +139,7 @@ def _fold_into_factor(graph: Any, activation: str, inverse: np.ndarray, producer
                                                                  factor))
                 node.input[index] = factor
                 return True
-        frontier = [name for name in node.input if name in producers and uses.get(name) == 1][:1]
+        name = next((i for i in node.input if i in producers and uses.get(i) == 1), None)
     return False
 
 

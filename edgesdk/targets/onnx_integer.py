@@ -24,7 +24,7 @@ __all__ = ["integer_matmuls"]
 MS_DOMAIN = "com.microsoft"
 
 
-def _dequantized(name: str, producers: dict[str, Any], constants: dict[str, np.ndarray]) -> list[str] | None:
+def _dequantized(name: str, producers: dict[str, Any], constants: dict[str, Any]) -> list[str] | None:
     """The (quantized, scale, zero point) inputs of the DequantizeLinear writing ``name``, or None."""
     node = producers.get(name)
     if node is None or node.op_type != "DequantizeLinear" or len(node.input) != 3:
@@ -32,13 +32,34 @@ def _dequantized(name: str, producers: dict[str, Any], constants: dict[str, np.n
     return list(node.input) if node.input[1] in constants and node.input[2] in constants else None
 
 
-def _bias(add: Any, matmul_out: str, columns: int, constants: dict[str, np.ndarray]) -> str | None:
-    """The constant bias of ``add`` (one value per output column), or None when it is no bias."""
+def _size(tensor: Any) -> int:
+    return int(np.prod(tensor.dims, dtype=np.int64))
+
+
+def _bias(add: Any, matmul_out: str, columns: int, constants: dict[str, Any]) -> str | None:
+    """The constant float bias of ``add`` (one value per output column), or None when it is no bias."""
+    from onnx import TensorProto
+
     other = add.input[1] if add.input[0] == matmul_out else add.input[0]
-    value = constants.get(other)
-    if value is None or value.dtype != np.float32 or value.shape[-1:] != (columns,) or value.size != columns:
+    tensor = constants.get(other)
+    if tensor is None or tensor.data_type != TensorProto.FLOAT or list(tensor.dims[-1:]) != [columns] \
+            or _size(tensor) != columns:
         return None
     return other
+
+
+def _integer_inputs(node: Any, producers: dict[str, Any], constants: dict[str, Any]) -> list[str] | None:
+    """MatMulIntegerToFloat's inputs for a MatMul reading a per-tensor uint8 activation and a 2-D
+    int8 weight through DequantizeLinear, or None for any other node."""
+    from onnx import TensorProto
+
+    activation = _dequantized(node.input[0], producers, constants) if node.op_type == "MatMul" else None
+    weight = _dequantized(node.input[1], producers, constants) if activation else None
+    if (not activation or not weight or _size(constants[activation[1]]) != 1
+            or constants[activation[2]].data_type != TensorProto.UINT8 or len(constants[weight[0]].dims) != 2
+            or constants[weight[0]].data_type != TensorProto.INT8):
+        return None
+    return [activation[0], weight[0], activation[1], weight[1], activation[2], weight[2]]
 
 
 def integer_matmuls(qdq: Any) -> Any:
@@ -46,12 +67,12 @@ def integer_matmuls(qdq: Any) -> Any:
     uint8 activation and a 2-D int8 weight through DequantizeLinear, and the bias Add after it,
     are one ``MatMulIntegerToFloat``."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     model = onnx.ModelProto()
     model.CopyFrom(qdq)
     graph = model.graph
-    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    constants = {i.name: i for i in graph.initializer}  # read for dims and types only
     producers = {o: n for n in graph.node for o in n.output}
     readers: dict[str, list[Any]] = {}
     for node in graph.node:
@@ -63,18 +84,14 @@ def integer_matmuls(qdq: Any) -> Any:
     for node in graph.node:
         if node.op_type == "Add" and node.output[0] in fused:
             continue
-        activation = _dequantized(node.input[0], producers, constants) if node.op_type == "MatMul" else None
-        weight = _dequantized(node.input[1], producers, constants) if activation else None
-        if (not activation or not weight or constants[activation[1]].size != 1
-                or constants[activation[2]].dtype != np.uint8 or constants[weight[0]].ndim != 2
-                or constants[weight[0]].dtype != np.int8):
+        inputs = _integer_inputs(node, producers, constants)
+        if inputs is None:
             nodes.append(node)
             continue
-        inputs = [activation[0], weight[0], activation[1], weight[1], activation[2], weight[2]]
         output = node.output[0]
         after = readers.get(output, [])
         if len(after) == 1 and after[0].op_type == "Add" and output not in graph_outputs:
-            bias = _bias(after[0], output, constants[weight[0]].shape[1], constants)
+            bias = _bias(after[0], output, constants[inputs[1]].dims[1], constants)
             if bias is not None:
                 inputs.append(bias)
                 output = after[0].output[0]

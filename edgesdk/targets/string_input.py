@@ -68,8 +68,8 @@ def _tokenizer_nodes(tj: dict[str, Any], tokenizer_text: str) -> list:
                               tokenizer_config=json.dumps({"tokenizer_class": "GPT2Tokenizer"}))
     else:
         raise InputError(f"string input has no in-graph tokenizer for a {kind} tokenizer: use --text-input ids")
-    constants = [helper.make_node("Constant", [], [name], value=helper.make_tensor(name, dtype, [1], [value]))
-                 for name, (dtype, value) in _SENTENCEPIECE_INPUTS.items() if name in op.input]
+    constants = [_one_value(name, dtype, value, (1,)) for name, (dtype, value) in _SENTENCEPIECE_INPUTS.items()
+                 if name in op.input]
     return [*constants, op, helper.make_node("Cast", [f"{PREFIX}op_ids"], [f"{PREFIX}raw_ids"], to=TensorProto.INT64)]
 
 
@@ -172,9 +172,9 @@ def _const(name: str, values: list[int]):
     return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(values, np.int64), name))
 
 
-def _scalar(name: str, dtype: int, value: Any):
-    """A 0-D constant."""
-    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, dtype, [], [value]))
+def _one_value(name: str, dtype: int, value: Any, dims: tuple[int, ...] = ()):
+    """A constant holding one value (0-D unless ``dims`` says otherwise)."""
+    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, dtype, list(dims), [value]))
 
 
 def _loop_body(tokenizer: list, prefix: list[int], suffix: list[int], front: int, back: int, pre: TextPreprocessing):
@@ -205,7 +205,8 @@ def _loop_body(tokenizer: list, prefix: list[int], suffix: list[int], front: int
                  _const(f"{p}back", [back]), _const(f"{p}front", [front]), _const(f"{p}zero", [0]),
                  _const(f"{p}budget", [budget]), _const(f"{p}prefix", prefix), _const(f"{p}suffix", suffix),
                  _const(f"{p}max_length", [pre.max_length])]
-    scalars = [_scalar(f"{p}pad_id", TensorProto.INT64, pre.pad_id), _scalar(f"{p}zero_scalar", TensorProto.INT64, 0)]
+    scalars = [_one_value(f"{p}pad_id", TensorProto.INT64, pre.pad_id),
+               _one_value(f"{p}zero_scalar", TensorProto.INT64, 0)]
     return helper.make_graph(
         [*constants, *scalars, *nodes], "one_text",
         [helper.make_tensor_value_info(f"{p}i", TensorProto.INT64, []),
@@ -233,7 +234,7 @@ def tokenizer_model(encoder: TextEncoder, tokenizer_file: Path, input_names: lis
         _const(f"{p}axis1", [1]), _const(f"{p}zero0", [0]),
         helper.make_node("Shape", [TEXT_INPUT], [f"{p}batch"]),
         helper.make_node("Squeeze", [f"{p}batch"], [f"{p}count"]),
-        _scalar(f"{p}true", TensorProto.BOOL, True),
+        _one_value(f"{p}true", TensorProto.BOOL, True),
         helper.make_node("Loop", [f"{p}count", f"{p}true"], [f"{p}ids_all", f"{p}mask_all"], body=body),
         helper.make_node("ReduceSum", [f"{p}mask_all", f"{p}axis1"], [f"{p}lengths"], keepdims=0),
         helper.make_node("ReduceMax", [f"{p}lengths"], [f"{p}longest"], keepdims=1),
