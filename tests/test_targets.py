@@ -200,3 +200,53 @@ def test_an_op_a_target_cannot_convert_is_named_and_the_others_still_build(image
     report = json.loads((result.out / "report.json").read_text())
     assert {b["name"]: b["status"] for b in report["models"][0]["bundles"]} == {"onnx-fp32": "pass",
                                                                                 "tflite-fp32": "error"}
+
+
+class _SelfAttention(torch.nn.Module):
+    """BERT's self-attention as transformers writes it: heads split by view/transpose, SDPA, merged back."""
+
+    def __init__(self, hidden: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v = (torch.nn.Linear(hidden, hidden) for _ in range(3))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, s, h = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, s, self.heads, h // self.heads).transpose(1, 2)
+
+        keep = mask[:, None, None, :].bool()
+        out = torch.nn.functional.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)),
+                                                                attn_mask=keep)
+        return out.transpose(1, 2).reshape(b, s, h)
+
+
+def test_exported_attention_reads_hidden_states_without_head_transposes_and_runs_a_key_mask():
+    import onnxruntime as ort
+
+    from edgesdk.converters.export import ONNX_OPSET
+    from edgesdk.converters.onnx_attention import attention_masks_per_query, attention_on_hidden_states
+
+    torch.manual_seed(0)
+    x, mask = torch.randn(2, 7, 32), torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    model = torch.onnx.export(_SelfAttention().eval(), (x, mask), dynamo=True, opset_version=ONNX_OPSET,
+                              input_names=["x", "mask"], dynamic_shapes=({0: batch, 1: sequence},
+                                                                         {0: batch, 1: sequence})).model_proto
+    heads_first = onnx.ModelProto()
+    heads_first.CopyFrom(model)
+    assert attention_masks_per_query(heads_first) == 1  # (batch, 1, 1, keys): onnxruntime needs a row per query
+    assert attention_on_hidden_states(model) == 1 and attention_masks_per_query(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert "Transpose" not in ops and "Reshape" not in ops and ops.count("Expand") == 1
+    attention = next(n for n in model.graph.node if n.op_type == "Attention")
+    assert {a.name: a.i for a in attention.attribute if a.name.endswith("num_heads")} == \
+        {"q_num_heads": 4, "kv_num_heads": 4}
+    feeds = {"x": np.random.default_rng(1).standard_normal((3, 11, 32)).astype(np.float32),
+             "mask": np.array([[1] * 11, [1] * 5 + [0] * 6, [1] + [0] * 10])}
+    run = [ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+           for m in (heads_first.SerializeToString(), model.SerializeToString())]
+    np.testing.assert_allclose(run[1], run[0], atol=1e-6)
+    assert attention_on_hidden_states(model) == 0  # nothing left to rewrite

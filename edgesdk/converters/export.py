@@ -1,4 +1,12 @@
-"""Export a classifier's bundle graph to ONNX with torch.export (``dynamo=True``)."""
+"""Export a classifier's bundle graph to ONNX with torch.export (``dynamo=True``).
+
+Opset 23, where ``scaled_dot_product_attention`` exports as ONNX ``Attention`` and GELU as ``Gelu``
+(at opset 18 both were a dozen primitive ops, with a NaN guard after every softmax): onnxruntime
+and OpenVINO run each as one kernel. On MiniLM at sequence 128, 2 threads, onnxruntime's fp32
+time fell from 22.9 to 16.8 ms. TensorRT's ONNX parser reads ``Attention`` from 10.14. Each
+``Attention`` then takes the (batch, sequence, hidden) tensors directly, and a mask with one row
+per query (``onnx_attention``).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +17,11 @@ import torch
 
 from edgesdk.errors import TargetError
 
+from .onnx_attention import attention_masks_per_query, attention_on_hidden_states
+
 __all__ = ["export_onnx", "ONNX_OPSET"]
 
-ONNX_OPSET = 18
+ONNX_OPSET = 23
 
 
 def export_onnx(classifier, path: Path) -> Path:
@@ -37,6 +47,8 @@ def export_onnx(classifier, path: Path) -> Path:
     except Exception as e:
         raise TargetError(f"ONNX export of {spec.name!r} failed: {type(e).__name__}: {e}") from e
     model = program.model_proto
+    attention_on_hidden_states(model)
+    attention_masks_per_query(model)
     _strip_run_dependent(model)
     onnx.save_model(model, str(path), save_as_external_data=False)
     return path

@@ -118,7 +118,15 @@ class TensorRtTarget(Target):
                               "per-channel weights, int8 embedding rows", **self.write_ranges(calibration, folder),
                          symmetric=calibration.symmetric()["summary"])
         (folder / BUILD_SCRIPT).write_text(_SCRIPT, encoding="utf-8")
+        if _has_attention(folder / self.model_file):
+            notes["parser"] = "TensorRT 10.14 or later: the model has ONNX Attention (opset 23)"
         return notes
 
     def parity_skip_reason(self) -> str | None:
         return tensorrt_unavailable_reason()
+
+
+def _has_attention(model: Path) -> bool:
+    import onnx
+
+    return any(n.op_type == "Attention" for n in onnx.load(str(model), load_external_data=False).graph.node)
