@@ -1,7 +1,7 @@
 """ONNX ``Attention`` on (batch, sequence, hidden) tensors: no head split around it.
 
 torch's exporter writes each attention as ``Reshape -> Transpose`` of query, key and value into
-(batch, heads, sequence, head size), ``Attention``, then ``Transpose -> Reshape`` back: six
+(batch, heads, sequence, head size), ``Attention``, then ``Transpose -> Reshape`` back: four
 Transposes and four Reshapes per layer, each a pass over the tensor. ONNX ``Attention`` (opset
 23) also takes the 3-D tensors with ``q_num_heads``/``kv_num_heads`` and splits the heads itself,
 which is the same computation. The rewrite only applies where the exporter's shapes prove the
