@@ -226,3 +226,42 @@ def test_smoothing_is_an_exact_rewrite_folded_into_a_product_where_it_can_be():
     expected = ort_session(model.SerializeToString()).run(["logits"], {"x": x})[0]
     got = ort_session(smoothed.SerializeToString()).run(["logits"], {"x": x})[0]
     assert np.allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_smoothing_that_only_float_layers_read_is_taken_out_of_the_int8_model():
+    """A smoothed input read by an int8 layer keeps its Mul; one only float layers read loses it,
+    and those layers read the original tensor with their original weights, bit for bit."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesdk.calibration.qdq import qdq_model, quantizable_nodes
+    from edgesdk.calibration.smooth import drop_idle_smoothing, smooth_model, smoothable
+
+    rng = np.random.default_rng(0)
+    weights = {name: rng.normal(size=(8, 8)).astype(np.float32) for name in ("a", "b", "c")}
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+         helper.make_node("MatMul", ["r", "a"], ["h"], name="fc_a"),  # int8
+         helper.make_node("Tanh", ["h"], ["t"], name="tanh"),
+         helper.make_node("MatMul", ["t", "b"], ["u"], name="fc_b"),  # float, with fc_c
+         helper.make_node("MatMul", ["t", "c"], ["v"], name="fc_c"),
+         helper.make_node("Add", ["u", "v"], ["logits"], name="sum")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 8])],
+        [numpy_helper.from_array(w, name) for name, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    outliers = np.array([1, 1, 1, 30, 1, 1, 1, 1], np.float32)
+    smoothed, renamed = smooth_model(model, smoothable(model, quantizable_nodes(model)),
+                                     {"r": outliers, "t": outliers[::-1].copy()})
+    assert renamed == {"r": "r.smooth", "t": "t.smooth"}
+    int8, _ = qdq_model(smoothed, {"r.smooth": (0.0, 4.0)}, {"fc_a"})
+    assert drop_idle_smoothing(int8, model) == 1
+    nodes = {n.name: n for n in int8.graph.node}
+    assert "r.smooth.mul" in nodes and "t.smooth.mul" not in nodes
+    constants = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
+    for name in ("fc_b", "fc_c"):
+        assert nodes[name].input[0] == "t" and np.array_equal(constants[nodes[name].input[1]], weights[name[-1]])
+    x = rng.normal(size=(16, 8)).astype(np.float32)
+    before, _ = qdq_model(smoothed, {"r.smooth": (0.0, 4.0)}, {"fc_a"})
+    expected = ort_session(before.SerializeToString()).run(["logits"], {"x": x})[0]
+    got = ort_session(int8.SerializeToString()).run(["logits"], {"x": x})[0]
+    assert np.allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -40,7 +40,7 @@ from .onnx_run import onnx_logits, run_outputs
 from .qdq import QuantNode, activation_qparams, qdq_model, quantizable_nodes
 from .ranges import RANGE_METHODS, activation_range
 from .sensitivity import local_snr
-from .smooth import SMOOTH_ALPHA, ChannelMax, smooth_model, smoothable
+from .smooth import SMOOTH_ALPHA, ChannelMax, drop_idle_smoothing, smooth_model, smoothable
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ class Calibration:
     met_budget: bool
     figures: dict[str, Any] = field(default_factory=dict)
     float_model: Any = None
+    original_model: Any = None
     quantized_nodes: list[str] = field(default_factory=list)
     search: _Search | None = field(default=None, repr=False)
     forced_int8: frozenset[str] = frozenset()
@@ -166,7 +167,9 @@ class Calibration:
         float_nodes = (self.symmetric()["float_nodes"] if symmetric else {f["node"] for f in self.float_layers})
         ranges = {name: (r["lo"], r["hi"]) for name, r in self.ranges["activations"].items()}
         int8_nodes = set(self.quantized_nodes) - float_nodes
-        onnx.save_model(qdq_model(self.float_model, ranges, int8_nodes, symmetric)[0], str(out))
+        model = qdq_model(self.float_model, ranges, int8_nodes, symmetric)[0]
+        drop_idle_smoothing(model, self.original_model)
+        onnx.save_model(model, str(out))
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -366,6 +369,7 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
     ranked = [s for s in sensitivity if s["node"] not in forced_float | forced_int8]
     float_nodes, chosen, steps, judged = search.float_layers(ranked, set(forced_float))
     final, _ = qdq_model(model, ranges, all_nodes - float_nodes)
+    drop_idle_smoothing(final, original)
     log.debug("calibration: ranges in %.1f s, %d of %d layers kept float", observed - start, len(float_nodes),
               len(all_nodes))
     out = workdir / "model.int8.onnx"
@@ -378,6 +382,7 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
     return Calibration(
         model=out,
         float_model=model,
+        original_model=original,
         quantized_nodes=[n.node for n in nodes],
         search=search,
         forced_int8=frozenset(forced_int8),

@@ -14,7 +14,9 @@ SST-2 and topic MiniLMs, alpha 0.75 gave the lowest KL (0.5: +25%, 1.0: +150%).
 residual ``Add``, a LayerNorm) keep the original tensor, so the float model computes the
 same function. Consumers that share an input share one ``s``. Where the activation is a
 product read only by those MatMuls (GELU's ``x * (0.5 * (1 + erf(x / sqrt 2)))``), ``1 / s``
-goes into its constant factor instead, and no extra pass over the tensor runs.
+goes into its constant factor instead, and no extra pass over the tensor runs. Where every
+MatMul reading a smoothed activation stays float, ``drop_idle_smoothing`` takes its ``Mul`` out
+of the final model again (it would cost a pass and buy nothing).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ChannelMax", "smoothable", "smooth_model", "SMOOTH_ALPHA"]
+__all__ = ["ChannelMax", "smoothable", "smooth_model", "drop_idle_smoothing", "SMOOTH_ALPHA"]
 
 SMOOTH_ALPHA = 0.75
 _SCALE_CLIP = (1e-4, 1e4)
+_MUL_SUFFIX = ".mul"
 
 
 class ChannelMax:
@@ -109,7 +112,7 @@ def smooth_model(model: Any, groups: dict[str, list], channel_max: dict[str, np.
             graph.initializer.append(numpy_helper.from_array((1 / scale).astype(np.float32), f"{smoothed}.inv_scale"))
             first = min(list(graph.node).index(n) for n in consumers)
             graph.node.insert(first, helper.make_node("Mul", [activation, f"{smoothed}.inv_scale"], [smoothed],
-                                                      name=f"{smoothed}.mul"))
+                                                      name=f"{smoothed}{_MUL_SUFFIX}"))
         for node in consumers:
             _scale_weight(graph, node, scale, constants, uses)
             node.input[0] = smoothed
@@ -158,3 +161,33 @@ def _scale_weight(graph: Any, node: Any, scale: np.ndarray, constants: dict, use
     else:
         graph.initializer.append(tensor)
         node.input[1] = new_name
+
+
+def drop_idle_smoothing(model: Any, original: Any) -> int:
+    """Undo, in place, the smoothing ``Mul`` of every activation that only float MatMul/Gemm nodes
+    read in ``model`` (a QDQ model built from a smoothed copy of ``original``): they read the
+    original activation with their original weights again. Returns how many it undid."""
+    from .qdq import prune_unused
+
+    graph = model.graph
+    weight_of = {n.name: n.input[1] for n in original.graph.node if n.op_type in ("MatMul", "Gemm")}
+    original_constants = {i.name: i for i in original.graph.initializer}
+    constants = {i.name: i for i in graph.initializer}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    idle = [n for n in graph.node if n.op_type == "Mul" and n.name == f"{n.output[0]}{_MUL_SUFFIX}"
+            and n.output[0].endswith(".smooth") and readers.get(n.output[0])
+            and all(r.name in weight_of and r.input[0] == n.output[0] for r in readers[n.output[0]])]
+    for mul in idle:
+        for node in readers[mul.output[0]]:
+            node.input[0], node.input[1] = mul.input[0], weight_of[node.name]
+            if node.input[1] in constants:
+                constants[node.input[1]].CopyFrom(original_constants[node.input[1]])
+            else:
+                graph.initializer.append(original_constants[node.input[1]])
+                constants[node.input[1]] = graph.initializer[-1]
+        graph.node.remove(mul)
+    prune_unused(model)
+    return len(idle)
