@@ -167,15 +167,22 @@ class Calibration:
         float_nodes = (self.symmetric()["float_nodes"] if symmetric else {f["node"] for f in self.float_layers})
         ranges = {name: (r["lo"], r["hi"]) for name, r in self.ranges["activations"].items()}
         int8_nodes = set(self.quantized_nodes) - float_nodes
-        model = qdq_model(self.float_model, ranges, int8_nodes, symmetric)[0]
-        drop_idle_smoothing(model, self.original_model)
-        onnx.save_model(model, str(out))
+        onnx.save_model(_int8_model(self.float_model, self.original_model, ranges, int8_nodes, symmetric), str(out))
         return out
 
     def summary(self) -> dict[str, Any]:
         """What the manifest and report say about this calibration."""
         return {"met_budget": self.met_budget, "float_layers": self.float_layers,
                 "sensitivity": self.sensitivity, **self.figures}
+
+
+def _int8_model(smoothed: Any, original: Any, ranges: dict[str, tuple[float, float]], int8_nodes: set[str],
+                symmetric: bool = False) -> Any:
+    """The QDQ model a bundle ships: ``int8_nodes`` quantized in the smoothed float model, and the
+    smoothing that only float layers read taken out again."""
+    model, _ = qdq_model(smoothed, ranges, int8_nodes, symmetric)
+    drop_idle_smoothing(model, original)
+    return model
 
 
 def held_aside(count: int) -> np.ndarray:
@@ -368,8 +375,7 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
                      progress)
     ranked = [s for s in sensitivity if s["node"] not in forced_float | forced_int8]
     float_nodes, chosen, steps, judged = search.float_layers(ranked, set(forced_float))
-    final, _ = qdq_model(model, ranges, all_nodes - float_nodes)
-    drop_idle_smoothing(final, original)
+    final = _int8_model(model, original, ranges, all_nodes - float_nodes)
     log.debug("calibration: ranges in %.1f s, %d of %d layers kept float", observed - start, len(float_nodes),
               len(all_nodes))
     out = workdir / "model.int8.onnx"

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["QuantNode", "quantizable_nodes", "qdq_model", "activation_qparams", "prune_unused", "QUANT_OPS"]
+__all__ = ["QuantNode", "quantizable_nodes", "qdq_model", "activation_qparams", "prune_unused", "readers",
+           "QUANT_OPS"]
 
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
 EMBEDDING_MIN_ROWS = 256
@@ -223,6 +224,15 @@ def qdq_model(fp32, ranges: dict[str, tuple[float, float]], nodes: set[str] | li
     model.graph.node.extend(ordered)
     prune_unused(model)
     return model, _quantize_embeddings(model)
+
+
+def readers(graph) -> dict[str, list]:
+    """Each tensor name of ``graph`` -> the nodes that read it, in graph order."""
+    found: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
 
 
 def prune_unused(model) -> None:

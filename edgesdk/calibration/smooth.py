@@ -167,21 +167,18 @@ def drop_idle_smoothing(model: Any, original: Any) -> int:
     """Undo, in place, the smoothing ``Mul`` of every activation that only float MatMul/Gemm nodes
     read in ``model`` (a QDQ model built from a smoothed copy of ``original``): they read the
     original activation with their original weights again. Returns how many it undid."""
-    from .qdq import prune_unused
+    from .qdq import prune_unused, readers
 
     graph = model.graph
     weight_of = {n.name: n.input[1] for n in original.graph.node if n.op_type in ("MatMul", "Gemm")}
     original_constants = {i.name: i for i in original.graph.initializer}
     constants = {i.name: i for i in graph.initializer}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers_of = readers(graph)
     idle = [n for n in graph.node if n.op_type == "Mul" and n.name == f"{n.output[0]}{_MUL_SUFFIX}"
-            and n.output[0].endswith(".smooth") and readers.get(n.output[0])
-            and all(r.name in weight_of and r.input[0] == n.output[0] for r in readers[n.output[0]])]
+            and n.output[0].endswith(".smooth") and readers_of.get(n.output[0])
+            and all(r.name in weight_of and r.input[0] == n.output[0] for r in readers_of[n.output[0]])]
     for mul in idle:
-        for node in readers[mul.output[0]]:
+        for node in readers_of[mul.output[0]]:
             node.input[0], node.input[1] = mul.input[0], weight_of[node.name]
             if node.input[1] in constants:
                 constants[node.input[1]].CopyFrom(original_constants[node.input[1]])

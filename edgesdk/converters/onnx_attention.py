@@ -79,22 +79,19 @@ def attention_on_hidden_states(model: Any) -> int:
     one 3-D ``Attention``; returns how many it rewrote."""
     from onnx import helper
 
-    from edgesdk.calibration.qdq import prune_unused
+    from edgesdk.calibration.qdq import prune_unused, readers
 
     graph = model.graph
     shapes = _shapes(graph)
     producers = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers_of = readers(graph)
     merges: list[Any] = []
     for index, node in enumerate(graph.node):
         if not _is_attention(node) or len(node.input) > 4 \
                 or len(node.output) != 1 or any(a.name in ("q_num_heads", "kv_num_heads") for a in node.attribute):
             continue
         split = [_split_heads(name, producers, shapes) for name in node.input[:3]]
-        merge = _merge_heads(node, readers, shapes)
+        merge = _merge_heads(node, readers_of, shapes)
         if merge is None or any(s is None for s in split) or split[1][1] != split[2][1]:
             continue
         inputs = [s[0] for s in split] + list(node.input[3:])

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgesdk.calibration.qdq import prune_unused
+from edgesdk.calibration.qdq import prune_unused, readers
 
 __all__ = ["integer_matmuls"]
 
@@ -74,10 +74,7 @@ def integer_matmuls(qdq: Any) -> Any:
     graph = model.graph
     constants = {i.name: i for i in graph.initializer}  # read for dims and types only
     producers = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers_of = readers(graph)
     graph_outputs = {o.name for o in graph.output}
     fused: set[str] = set()  # outputs of the bias Adds taken into a kernel
     nodes = []
@@ -89,7 +86,7 @@ def integer_matmuls(qdq: Any) -> Any:
             nodes.append(node)
             continue
         output = node.output[0]
-        after = readers.get(output, [])
+        after = readers_of.get(output, [])
         if len(after) == 1 and after[0].op_type == "Add" and output not in graph_outputs:
             bias = _bias(after[0], output, constants[inputs[1]].dims[1], constants)
             if bias is not None:
