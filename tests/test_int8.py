@@ -265,3 +265,48 @@ def test_smoothing_that_only_float_layers_read_is_taken_out_of_the_int8_model():
     expected = ort_session(before.SerializeToString()).run(["logits"], {"x": x})[0]
     got = ort_session(int8.SerializeToString()).run(["logits"], {"x": x})[0]
     assert np.allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_smoothing_of_an_attention_output_goes_into_the_value_projection():
+    """The output projection's input is an attention output: its smoothing scales the value
+    projection's weight and bias columns (exact: each output channel is a weighted sum of its value
+    channel), with no Mul; taking out the smoothing of the projections' input when they stay float
+    keeps that fold."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesdk.calibration.qdq import qdq_model, quantizable_nodes
+    from edgesdk.calibration.smooth import SMOOTH_ALPHA, drop_idle_smoothing, smooth_model, smoothable
+
+    rng = np.random.default_rng(0)
+    constants = {name: rng.normal(size=(8, 8)).astype(np.float32) for name in ("wq", "wk", "wv", "wo")}
+    constants["bv"] = rng.normal(size=8).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+         *(helper.make_node("MatMul", ["r", f"w{p}"], [p], name=f"fc_{p}") for p in "qk"),
+         helper.make_node("MatMul", ["r", "wv"], ["v0"], name="fc_v"),
+         helper.make_node("Add", ["v0", "bv"], ["v"], name="bias_v"),
+         helper.make_node("Attention", ["q", "k", "v"], ["a"], name="attention", q_num_heads=2, kv_num_heads=2),
+         helper.make_node("MatMul", ["a", "wo"], ["logits"], name="fc_o")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5, 8])],
+        [numpy_helper.from_array(value, name) for name, value in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    outliers = np.array([1, 1, 1, 30, 1, 1, 1, 1], np.float32)
+    smoothed, renamed = smooth_model(model, smoothable(model, quantizable_nodes(model)),
+                                     {"a": outliers, "r": outliers[::-1].copy()})
+    assert renamed == {"a": "a", "r": "r.smooth"}
+    assert [n.op_type for n in smoothed.graph.node].count("Mul") == 1  # r's, none for a
+    folded = {i.name: numpy_helper.to_array(i) for i in smoothed.graph.initializer}
+    shrink = np.where(outliers > 1, outliers ** -SMOOTH_ALPHA, 1.0).astype(np.float32)
+    assert np.allclose(folded["bv"], constants["bv"] * shrink)
+    assert np.allclose(folded["wv"], constants["wv"] * shrink * (1 / shrink[::-1])[:, None])
+    x = rng.normal(size=(1, 5, 8)).astype(np.float32)
+    expected = ort_session(model.SerializeToString()).run(["logits"], {"x": x})[0]
+    got = ort_session(smoothed.SerializeToString()).run(["logits"], {"x": x})[0]
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-4)
+    int8, _ = qdq_model(smoothed, {"a": (-4.0, 4.0)}, {"fc_o"})  # the projections stay float
+    before = ort_session(int8.SerializeToString()).run(["logits"], {"x": x})[0]
+    assert drop_idle_smoothing(int8, model) == 1
+    restored = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
+    assert np.array_equal(restored["wq"], constants["wq"]) and np.allclose(restored["wv"], constants["wv"] * shrink)
+    assert np.allclose(ort_session(int8.SerializeToString()).run(["logits"], {"x": x})[0], before, rtol=1e-5, atol=1e-5)
