@@ -250,3 +250,36 @@ def test_exported_attention_reads_hidden_states_without_head_transposes_and_runs
            for m in (heads_first.SerializeToString(), model.SerializeToString())]
     np.testing.assert_allclose(run[1], run[0], atol=1e-6)
     assert attention_on_hidden_states(model) == 0  # nothing left to rewrite
+
+
+def test_a_residual_sum_before_layernorm_is_a_sum_that_onnxruntime_runs_unfused(tmp_path):
+    """onnxruntime would fuse Add -> LayerNormalization into its slower SkipLayerNormalization; as
+    Sum it runs the same addition and LayerNormalization as they are."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgesdk.converters.onnx_layernorm import residual_sums_unfused
+
+    rng = np.random.default_rng(0)
+    hidden = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 16, 32]) for n in ("x", "skip", "y")]
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "skip"], ["z"], name="residual"),
+         helper.make_node("LayerNormalization", ["z", "gamma", "beta"], ["y"], name="norm", axis=-1)],
+        "g", hidden[:2], hidden[2:],
+        [numpy_helper.from_array(rng.normal(size=32).astype(np.float32), name) for name in ("gamma", "beta")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    feeds = {name: rng.normal(size=(1, 16, 32)).astype(np.float32) for name in ("x", "skip")}
+
+    def run(m: onnx.ModelProto, name: str) -> tuple[list[str], np.ndarray]:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / name)
+        y = ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+        return [n.op_type for n in onnx.load(str(tmp_path / name)).graph.node], y[0]
+
+    fused_ops, expected = run(model, "fused.onnx")
+    assert fused_ops == ["SkipLayerNormalization"]  # what the rewrite is for
+    assert residual_sums_unfused(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    ops, got = run(model, "unfused.onnx")
+    assert ops == ["Sum", "LayerNormalization"]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
