@@ -1,8 +1,9 @@
 """Residual sums before a LayerNormalization written as ``Sum``, which onnxruntime leaves unfused.
 
 onnxruntime fuses ``Add -> LayerNormalization`` into its ``SkipLayerNormalization`` kernel, and
-in onnxruntime 1.32 that kernel is the slower form on CPU: measured at (1, 128, 384), 171 us
-with 2 threads (321 us with one) against 55 us (47 us) for ``Add`` then ``LayerNormalization``.
+in onnxruntime 1.32 that kernel is the slower form on CPU: at (1, 128, 384), 174 us with 2
+threads (333 us with one) against 55 us (58 us) for ``Sum`` then ``LayerNormalization``, and 3-7x
+at hidden 768 (``bench/layernorm_fusion.py``, AVX-512 CPU).
 On MiniLM at sequence 128, 2 threads, the fp32 model ran 5% faster and the int8 one 20% faster
 unfused. ``Sum`` of two tensors is the same addition (OpenVINO, TensorRT and onnxruntime-web read
 it too), and onnxruntime does not fuse it.
