@@ -156,8 +156,6 @@ def _fold_into_values(graph: Any, activation: str, inverse: np.ndarray, producer
     ``Attention``'s output channel c is a softmax-weighted sum of value channel c (one value head per
     query head, no past values), so scaling the value weight's and bias's column c scales it exactly.
     Returns whether it did."""
-    from onnx import numpy_helper
-
     node = producers.get(activation)
     attrs = {a.name: a.i for a in node.attribute} if node is not None else {}
     if node is None or node.op_type != "Attention" or node.output[0] != activation or any(node.output[1:]) \
@@ -167,7 +165,7 @@ def _fold_into_values(graph: Any, activation: str, inverse: np.ndarray, producer
     while uses.get(name) == 1 and name in producers:
         producer = producers[name]
         columns = [i for i, n in enumerate(producer.input) if n in constants
-                   and numpy_helper.to_array(constants[n]).shape[-1:] == inverse.shape]
+                   and tuple(constants[n].dims[-1:]) == inverse.shape]
         if producer.op_type == "MatMul" and columns == [1] and len(constants[producer.input[1]].dims) == 2:
             for node_, index in [*scaled, (producer, 1)]:
                 _scale_constant(graph, node_, index, inverse, constants, uses)
@@ -198,14 +196,17 @@ def _scale_constant(graph: Any, node: Any, index: int, factor: np.ndarray, const
 
     name = node.input[index]
     value = numpy_helper.to_array(constants[name]).astype(np.float32) * factor
-    new_name = f"{name}.smooth.{node.name}" if uses.get(name, 0) > 1 else name
-    tensor = numpy_helper.from_array(value.astype(np.float32), new_name)
-    if new_name == name:
-        constants[name].CopyFrom(tensor)
+    node.input[index] = f"{name}.smooth.{node.name}" if uses.get(name, 0) > 1 else name
+    _set_constant(graph, constants, numpy_helper.from_array(value.astype(np.float32), node.input[index]))
+
+
+def _set_constant(graph: Any, constants: dict, tensor: Any) -> None:
+    """Store ``tensor`` in ``graph`` under its name: over the initializer of that name, or as a new one."""
+    if tensor.name in constants:
+        constants[tensor.name].CopyFrom(tensor)
     else:
         graph.initializer.append(tensor)
-        constants[new_name] = graph.initializer[-1]
-        node.input[index] = new_name
+        constants[tensor.name] = graph.initializer[-1]
 
 
 def drop_idle_smoothing(model: Any, original: Any) -> int:
@@ -231,12 +232,7 @@ def drop_idle_smoothing(model: Any, original: Any) -> int:
             weight = _unsmoothed_weight(node, numpy_helper.to_array(constants[node.input[1]]), inverse,
                                         numpy_helper.to_array(original_constants[weight_of[node.name]]))
             node.input[0], node.input[1] = mul.input[0], weight_of[node.name]
-            tensor = numpy_helper.from_array(weight, node.input[1])
-            if node.input[1] in constants:
-                constants[node.input[1]].CopyFrom(tensor)
-            else:
-                graph.initializer.append(tensor)
-                constants[node.input[1]] = graph.initializer[-1]
+            _set_constant(graph, constants, numpy_helper.from_array(weight, node.input[1]))
         graph.node.remove(mul)
     prune_unused(model)
     return len(idle)
