@@ -189,14 +189,26 @@ def test_onnxruntime_int8_form_runs_each_matmul_and_its_bias_as_one_integer_kern
     assert np.all(difference <= step * np.abs(w2).sum(0) + 1e-4)
 
 
+OUTLIERS = np.array([1, 1, 1, 30, 1, 1, 1, 1], np.float32)  # per-channel maxima with one outlier
+
+
+def _smoothed(graph, opset: int, maxima: dict[str, np.ndarray]):
+    """The model of ``graph``, its smoothed copy for ``maxima`` and the renaming smoothing made."""
+    from onnx import helper
+
+    from edgesdk.calibration.qdq import quantizable_nodes
+    from edgesdk.calibration.smooth import smooth_model, smoothable
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    smoothed, renamed = smooth_model(model, smoothable(model, quantizable_nodes(model)), maxima)
+    return model, smoothed, renamed
+
+
 def test_smoothing_is_an_exact_rewrite_folded_into_a_product_where_it_can_be():
     """Outlier channels move into the weights; a tensor others read too gets a Mul on its MatMuls'
     path, while a product read only by its MatMul (GELU's ``x * (0.5 * (1 + erf))``) takes the
     scale in its constant factor, with no extra pass."""
     from onnx import TensorProto, helper, numpy_helper
-
-    from edgesdk.calibration.qdq import quantizable_nodes
-    from edgesdk.calibration.smooth import smooth_model, smoothable
 
     rng = np.random.default_rng(0)
     weights = {name: numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), name) for name in "ab"}
@@ -213,16 +225,13 @@ def test_smoothing_is_an_exact_rewrite_folded_into_a_product_where_it_can_be():
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 8])],
         [*weights.values(), numpy_helper.from_array(np.array(1.0, np.float32), "one"),
          numpy_helper.from_array(np.array(0.5, np.float32), "half")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    outliers = np.array([1, 1, 1, 30, 1, 1, 1, 1], np.float32)
-    smoothed, renamed = smooth_model(model, smoothable(model, quantizable_nodes(model)),
-                                     {"r": outliers, "gelu": outliers[::-1].copy()})
+    model, smoothed, renamed = _smoothed(graph, 17, {"r": OUTLIERS, "gelu": OUTLIERS[::-1].copy()})
     assert renamed == {"r": "r.smooth", "gelu": "gelu"}
     ops = [n.op_type for n in smoothed.graph.node]
     assert ops.count("Mul") == 3  # one Mul added for r, none for gelu
     factor = numpy_helper.to_array(next(i for i in smoothed.graph.initializer if i.name == "gelu.smooth.factor"))
     assert factor.shape == (8,) and factor[4] < 0.5 / 10 and factor[0] == 0.5
-    x = (rng.normal(size=(32, 8)) * outliers).astype(np.float32)
+    x = (rng.normal(size=(32, 8)) * OUTLIERS).astype(np.float32)
     expected = ort_session(model.SerializeToString()).run(["logits"], {"x": x})[0]
     got = ort_session(smoothed.SerializeToString()).run(["logits"], {"x": x})[0]
     assert np.allclose(got, expected, rtol=1e-4, atol=1e-4)
@@ -233,8 +242,8 @@ def test_smoothing_that_only_float_layers_read_is_taken_out_of_the_int8_model():
     and those layers read the original tensor with their original weights, bit for bit."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgesdk.calibration.qdq import qdq_model, quantizable_nodes
-    from edgesdk.calibration.smooth import drop_idle_smoothing, smooth_model, smoothable
+    from edgesdk.calibration.qdq import qdq_model
+    from edgesdk.calibration.smooth import drop_idle_smoothing
 
     rng = np.random.default_rng(0)
     weights = {name: rng.normal(size=(8, 8)).astype(np.float32) for name in ("a", "b", "c")}
@@ -248,10 +257,7 @@ def test_smoothing_that_only_float_layers_read_is_taken_out_of_the_int8_model():
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 8])],
         [numpy_helper.from_array(w, name) for name, w in weights.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    outliers = np.array([1, 1, 1, 30, 1, 1, 1, 1], np.float32)
-    smoothed, renamed = smooth_model(model, smoothable(model, quantizable_nodes(model)),
-                                     {"r": outliers, "t": outliers[::-1].copy()})
+    model, smoothed, renamed = _smoothed(graph, 17, {"r": OUTLIERS, "t": OUTLIERS[::-1].copy()})
     assert renamed == {"r": "r.smooth", "t": "t.smooth"}
     int8, _ = qdq_model(smoothed, {"r.smooth": (0.0, 4.0)}, {"fc_a"})
     assert drop_idle_smoothing(int8, model) == 1
@@ -274,8 +280,8 @@ def test_smoothing_of_an_attention_output_goes_into_the_value_projection():
     keeps that fold."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgesdk.calibration.qdq import qdq_model, quantizable_nodes
-    from edgesdk.calibration.smooth import SMOOTH_ALPHA, drop_idle_smoothing, smooth_model, smoothable
+    from edgesdk.calibration.qdq import qdq_model
+    from edgesdk.calibration.smooth import SMOOTH_ALPHA, drop_idle_smoothing
 
     rng = np.random.default_rng(0)
     constants = {name: rng.normal(size=(8, 8)).astype(np.float32) for name in ("wq", "wk", "wv", "wo")}
@@ -290,14 +296,11 @@ def test_smoothing_of_an_attention_output_goes_into_the_value_projection():
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5, 8])],
         [numpy_helper.from_array(value, name) for name, value in constants.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
-    outliers = np.array([1, 1, 1, 30, 1, 1, 1, 1], np.float32)
-    smoothed, renamed = smooth_model(model, smoothable(model, quantizable_nodes(model)),
-                                     {"a": outliers, "r": outliers[::-1].copy()})
+    model, smoothed, renamed = _smoothed(graph, 23, {"a": OUTLIERS, "r": OUTLIERS[::-1].copy()})
     assert renamed == {"a": "a", "r": "r.smooth"}
     assert [n.op_type for n in smoothed.graph.node].count("Mul") == 1  # r's, none for a
     folded = {i.name: numpy_helper.to_array(i) for i in smoothed.graph.initializer}
-    shrink = np.where(outliers > 1, outliers ** -SMOOTH_ALPHA, 1.0).astype(np.float32)
+    shrink = np.where(OUTLIERS > 1, OUTLIERS ** -SMOOTH_ALPHA, 1.0).astype(np.float32)
     assert np.allclose(folded["bv"], constants["bv"] * shrink)
     assert np.allclose(folded["wv"], constants["wv"] * shrink * (1 / shrink[::-1])[:, None])
     x = rng.normal(size=(1, 5, 8)).astype(np.float32)
