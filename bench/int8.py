@@ -4,7 +4,8 @@ For each set (bench/finetune.py: MiniLM fine-tuned on SST-2, Banking77, SMS Spam
 ``--e5 SET`` adds multilingual-e5-small on one), the float ONNX export is quantized by each
 configuration from the same 300 calibration texts, each in its own process so its peak
 memory is its own: edgesdk (``--methods``, default mse; it also judges its float layers on the
-set's verification split, as ``--verify-on`` does), onnxruntime ``quantize_dynamic``
+set's verification split, as ``--verify-on`` does), edgesdk with every layer int8 (the first
+method, ``--int8-layers '*'``: its accuracy without float fallbacks), onnxruntime ``quantize_dynamic``
 (Optimum's default CPU int8; MatMul and Gather, as its ``Attention`` rule breaks ONNX
 Attention), onnxruntime ``quantize_static`` (defaults) and NNCF
 ``model_type=TRANSFORMER``. Agreement with fp32 and accuracy are measured on the test split
@@ -37,6 +38,7 @@ from finetune import finetuned, load_set  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "int8.json"
 PEERS = ("ort_quantize_dynamic", "ort_quantize_static", "nncf_transformer")
+ALL_INT8 = "_all_int8"  # an edgesdk configuration with every layer int8
 
 
 def _classifier(folder: Path):
@@ -74,12 +76,14 @@ def quantize(config: str, folder: Path, set_name: str, fp32: Path, out: Path) ->
 
         import onnx
 
-        from edgesdk.calibration import Judge, calibrate
+        from edgesdk.calibration import Judge, LayerChoice, calibrate
         from edgesdk.targets.onnx_integer import integer_matmuls
 
         _, judge_rows, judge_labels = _rows(folder, verification)
-        result = calibrate(fp32, rows, labels, encoder, out.parent / f"work-{config}", config.removeprefix("edgesdk_"),
-                           judge=Judge(judge_rows, judge_labels, "verification split"))
+        method = config.removeprefix("edgesdk_").removesuffix(ALL_INT8)
+        choice = LayerChoice(int8_layers=("*",)) if config.endswith(ALL_INT8) else LayerChoice()
+        result = calibrate(fp32, rows, labels, encoder, out.parent / f"work-{config}", method,
+                           judge=Judge(judge_rows, judge_labels, "verification split"), choice=choice)
         shutil.copyfile(result.model, _qdq(out))  # what the OpenVINO bundle is built from
         onnx.save_model(integer_matmuls(onnx.load(str(result.model))), str(out))  # what the onnx bundle ships
         figures.update(float_layers=len(result.float_layers), met_budget=float(result.met_budget))
@@ -155,7 +159,7 @@ def bench_set(set_name: str, base: str, methods: list[str], rounds: int, work: P
     folder = finetuned(set_name, base)
     fp32 = export_onnx(_classifier(folder), work / "fp32.onnx")
     models, figures = {"fp32": fp32}, {"fp32": {}}
-    for config in (*(f"edgesdk_{m}" for m in methods), *PEERS):
+    for config in (*(f"edgesdk_{m}" for m in methods), f"edgesdk_{methods[0]}{ALL_INT8}", *PEERS):
         out = work / f"{config}.onnx"
         done = subprocess.run([sys.executable, __file__, "--one", config, str(folder), set_name, str(fp32), str(out)],
                               capture_output=True, text=True)
