@@ -5,9 +5,9 @@ For each set (bench/finetune.py: MiniLM fine-tuned on SST-2, Banking77, SMS Spam
 configuration from the same 300 calibration texts, each in its own process so its peak
 memory is its own: edgesdk (``--methods``, default mse; it also judges its float layers on the
 set's verification split, as ``--verify-on`` does), edgesdk with every layer int8 (the first
-method, ``--int8-layers '*'``: its accuracy without float fallbacks), onnxruntime ``quantize_dynamic``
-(Optimum's default CPU int8; MatMul and Gather, as its ``Attention`` rule breaks ONNX
-Attention), onnxruntime ``quantize_static`` (defaults) and NNCF
+method, ``--int8-layers '*'``: its accuracy without float fallbacks), onnxruntime
+``quantize_dynamic`` (Optimum's default CPU int8; MatMul and Gather, as its ``Attention`` rule
+breaks ONNX Attention), onnxruntime ``quantize_static`` (defaults) and NNCF
 ``model_type=TRANSFORMER``. Agreement with fp32 and accuracy are measured on the test split
 (never used by any configuration). Latency at batch 1, sequence 128, 2 threads is measured in
 this process for all models side by side (rounds alternate the models, one session at a
