@@ -2,7 +2,7 @@
 
 onnxruntime fuses ``Add -> LayerNormalization`` into its ``SkipLayerNormalization`` kernel, and
 in onnxruntime 1.32 that kernel is the slower form on CPU: at (1, 128, 384), 174 us with 2
-threads (333 us with one) against 55 us (58 us) for ``Sum`` then ``LayerNormalization``, and 3-7x
+threads (333 us with one) against 55 us (58 us) for ``Sum`` then ``LayerNormalization``, and 4-7x
 at hidden 768 (``bench/layernorm_fusion.py``, AVX-512 CPU).
 On MiniLM at sequence 128, 2 threads, the fp32 model ran 5% faster and the int8 one 20% faster
 unfused. ``Sum`` of two tensors is the same addition (OpenVINO, TensorRT and onnxruntime-web read
