@@ -29,7 +29,7 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         assert calibration["quantized_layers"] >= 1
         assert len(calibration["sensitivity"]) == calibration["quantizable_layers"]
         for layer in calibration["float_layers"]:
-            assert {"layer", "local_snr_db", "forced"} <= set(layer) and not layer["forced"]
+            assert {"layer", "kl_alone", "local_snr_db", "forced"} <= set(layer) and not layer["forced"]
         divergence = calibration["divergence"]  # every layer output compared with the float model
         assert len(divergence["layers"]) >= calibration["quantizable_layers"]  # and attention MatMuls
         assert all(r["cosine"] > 0.9 and r["snr_db"] > 0 for r in divergence["layers"])
@@ -313,3 +313,44 @@ def test_smoothing_of_an_attention_output_goes_into_the_value_projection():
     restored = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
     assert np.array_equal(restored["wq"], constants["wq"]) and np.allclose(restored["wv"], constants["wv"] * shrink)
     assert np.allclose(ort_session(int8.SerializeToString()).run(["logits"], {"x": x})[0], before, rtol=1e-5, atol=1e-5)
+
+
+def test_layers_are_ranked_by_what_int8_does_to_the_answers_not_by_their_own_snr():
+    """A layer whose own output int8 ruins (its range is far too wide) but whose output barely
+    reaches the logits ranks below one with a fine output that makes the logits."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesdk.calibration.calibrate import Judge, _Search
+    from edgesdk.calibration.onnx_run import onnx_logits
+    from edgesdk.calibration.qdq import qdq_model, quantizable_nodes
+    from edgesdk.calibration.sensitivity import local_snr
+
+    class Rows:
+        def batches(self, rows, batch_size):
+            for start in range(0, len(rows), batch_size):
+                idx = list(range(start, min(len(rows), start + batch_size)))
+                yield idx, {"x": np.stack([rows[i] for i in idx])}
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["xa"], name="to_a"),
+         helper.make_node("Identity", ["x"], ["xb"], name="to_b"),
+         helper.make_node("MatMul", ["xa", "wa"], ["a"], name="fc_a"),
+         helper.make_node("Mul", ["a", "tiny"], ["a_small"], name="damp"),
+         helper.make_node("MatMul", ["xb", "wb"], ["b"], name="fc_b"),
+         helper.make_node("Add", ["b", "a_small"], ["logits"], name="sum")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 4])],
+        [numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), "wa"),
+         numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), "wb"),
+         numpy_helper.from_array(np.array(1e-4, np.float32), "tiny")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rows = list(rng.normal(size=(64, 8)).astype(np.float32))
+    ranges = {"xa": (-1000.0, 1000.0), "xb": (-4.0, 4.0)}
+    nodes = quantizable_nodes(model)
+    search = _Search(model, ranges, {n.node for n in nodes}, Judge(rows, np.full(64, -1), "test"), Rows(),
+                     onnx_logits(model, rows, Rows()), Budget())
+    kl = search.kl_alone(nodes)
+    snr = local_snr(model, qdq_model(model, ranges, {n.node for n in nodes})[0], nodes, rows, Rows())
+    assert snr["fc_a"] < snr["fc_b"]  # its own output is the worse one...
+    assert kl["fc_b"] > 10 * kl["fc_a"] > 0  # ...but the answers feel fc_b

@@ -4,8 +4,10 @@
    activation outliers into the weights (``smooth.py``), an exact rewrite of the float model.
 2. Observe and range: the smoothed inputs stream into fixed-size histograms; one method
    (minmax, percentile, entropy, mse) turns each into [lo, hi].
-3. Sensitivity, in one pass: a copy of every quantizable layer reads the quantized version of
-   its float input beside the original, and the signal-to-noise ratio of its output ranks it.
+3. Sensitivity: each layer is made int8 alone and the logit KL against the float model on a
+   few of the judging samples ranks it (what it does to the answers, not to its own output).
+   Each layer's own signal-to-noise ratio, from one pass where a copy of every layer reads the
+   quantized version of its float input, is reported beside it.
 4. Judge and fall back: the all-int8 model is judged against the float one on the judging
    samples (the verification data when given, else the calibration rows held aside) by a
    signal every sample contributes to: each sample's risk of changing its answer, from its
@@ -37,7 +39,7 @@ from edgesdk.stats import labels_to_show, paired_drop_upper, samples_to_show, so
 from .divergence import layer_divergence
 from .observers import Histogram, unpadded
 from .onnx_run import onnx_logits, run_outputs
-from .qdq import QuantNode, activation_qparams, qdq_model, quantizable_nodes
+from .qdq import QuantNode, activation_qparams, qdq_model, quantizable_nodes, quantize_embeddings
 from .ranges import RANGE_METHODS, activation_range
 from .sensitivity import local_snr
 from .smooth import SMOOTH_ALPHA, ChannelMax, drop_idle_smoothing, smooth_model, smoothable
@@ -45,10 +47,12 @@ from .smooth import SMOOTH_ALPHA, ChannelMax, drop_idle_smoothing, smooth_model,
 log = logging.getLogger(__name__)
 
 __all__ = ["Budget", "Calibration", "Judge", "LayerChoice", "calibrate", "held_aside", "search_float_layers",
-           "point_judgement", "MIN_SAMPLES", "MAX_JUDGE_SAMPLES"]
+           "point_judgement", "MIN_SAMPLES", "MAX_JUDGE_SAMPLES", "RANK_SAMPLES"]
 
 MIN_SAMPLES = 20
 MAX_JUDGE_SAMPLES = 2000
+RANK_SAMPLES = 64
+RANK_WORK = 4096  # MiniLM's 38 layers rank on 64 samples, a 200-conv CNN on 20
 Progress = Callable[[str], None] | None
 
 
@@ -119,6 +123,21 @@ class _Search:
         candidate, _ = qdq_model(self.model, self.ranges, self.nodes - float_nodes, symmetric)
         return effect(self.reference, onnx_logits(candidate, self.judge.rows, self.encoder), self.judge.labels)
 
+    def kl_alone(self, nodes: Sequence[QuantNode]) -> dict[str, float]:
+        """Per node: the logit KL against the float model with only that layer int8, on up to
+        ``RANK_SAMPLES`` of the judging samples spread over them (fewer for many layers: one
+        trial per layer, ``RANK_WORK`` layer-samples in all, at least 16 samples)."""
+        count = min(RANK_SAMPLES, max(16, RANK_WORK // max(1, len(nodes))))
+        picks = slice(None, None, max(1, -(-len(self.judge.rows) // count)))
+        rows, reference = self.judge.rows[picks], self.reference[picks]
+        kl = {}
+        for done, node in enumerate(nodes):
+            if self.progress is not None:
+                self.progress(f"sensitivity: layer {done + 1}/{len(nodes)} int8 alone")
+            candidate, _ = qdq_model(self.model, self.ranges, {node.node})
+            kl[node.node] = logit_kl(reference, onnx_logits(candidate, rows, self.encoder))
+        return kl
+
     def float_layers(self, ranked: list[dict[str, Any]], base: set[str], symmetric: bool = False
                      ) -> tuple[set[str], dict[str, Any], list[dict[str, Any]], str]:
         """``base`` and the fewest of ``ranked`` (most sensitive first) kept float for the budget."""
@@ -185,10 +204,27 @@ def _int8_model(smoothed: Any, original: Any, ranges: dict[str, tuple[float, flo
     return model
 
 
+def _with_int8_embeddings(model: Any) -> Any:
+    """A copy of ``model`` with its embedding tables int8 already, as every QDQ model has them:
+    trials built from it don't quantize a table again (e5-small's 96M-entry one took 8 s a trial)."""
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    quantize_embeddings(out)
+    return out
+
+
 def held_aside(count: int) -> np.ndarray:
     """Which of ``count`` calibration samples are held aside (every fifth) to judge the int8
     model when no verification data is given; the others set the ranges."""
     return np.arange(count) % 5 == 4
+
+
+def logit_kl(reference: np.ndarray, logits: np.ndarray) -> float:
+    """Mean KL divergence of the softmax of ``logits`` from that of the float ``reference``."""
+    p, q = softmax(reference), softmax(logits)
+    return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
 
 
 def effect(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -205,11 +241,10 @@ def effect(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dic
     risk = np.array([NormalDist().cdf(-m / sigma) for m in margin]) if sigma > 0 else np.zeros(n)
     known = labels >= 0
     ref_ok, int8_ok = top[known] == labels[known], logits.argmax(1)[known] == labels[known]
-    p, q = softmax(reference), softmax(logits)
     diff = np.abs(error)
     return {"samples": n, "agreeing": int((logits.argmax(1) == top).sum()),
             "agreement": float((logits.argmax(1) == top).mean()), "expected_changes": float(risk.sum()),
-            "kl": float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1))),
+            "kl": logit_kl(reference, logits),
             "mean_abs_diff": float(diff.mean()), "max_abs_diff": float(diff.max()),
             "labeled": int(known.sum()), "lost": int((ref_ok & ~int8_ok).sum()),
             "gained": int((~ref_ok & int8_ok).sum()),
@@ -367,12 +402,14 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
     all_nodes = {n.node for n in nodes}
     int8, tables = qdq_model(model, ranges, all_nodes)
     if progress is not None:
-        progress("sensitivity of every layer (one pass)")
+        progress("each layer's own SNR (one pass)")
     snr = local_snr(model, int8, nodes, (probe_rows or judge.rows)[:32], encoder)
-    sensitivity = sorted(({"layer": n.layer, "node": n.node, "op": n.op, "local_snr_db": snr[n.node]}
-                          for n in nodes), key=lambda s: (s["local_snr_db"], s["node"]))
-    search = _Search(model, ranges, all_nodes, judge, encoder, onnx_logits(model, judge.rows, encoder), budget,
-                     progress)
+    search = _Search(_with_int8_embeddings(model), ranges, all_nodes, judge, encoder,
+                     onnx_logits(model, judge.rows, encoder), budget, progress)
+    kl = search.kl_alone(nodes)
+    sensitivity = sorted(({"layer": n.layer, "node": n.node, "op": n.op, "kl_alone": kl[n.node],
+                           "local_snr_db": snr[n.node]} for n in nodes),
+                         key=lambda s: (-s["kl_alone"], s["local_snr_db"], s["node"]))
     ranked = [s for s in sensitivity if s["node"] not in forced_float | forced_int8]
     float_nodes, chosen, steps, judged = search.float_layers(ranked, set(forced_float))
     final = _int8_model(model, original, ranges, all_nodes - float_nodes)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["QuantNode", "quantizable_nodes", "qdq_model", "activation_qparams", "prune_unused", "readers",
-           "QUANT_OPS"]
+__all__ = ["QuantNode", "quantizable_nodes", "qdq_model", "quantize_embeddings", "activation_qparams", "prune_unused",
+           "readers", "QUANT_OPS"]
 
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
 EMBEDDING_MIN_ROWS = 256
@@ -56,19 +56,21 @@ def quantizable_nodes(model) -> list[QuantNode]:
     ]
 
 
-def _quantize_embeddings(model) -> list[str]:
+def quantize_embeddings(model) -> list[str]:
     """Replace float Gather tables with int8 rows, in place; returns their names.
 
     Each column is first divided by its largest magnitude (embedding tables carry a few outlier
     dimensions, and one scale per row would spend its levels on them), then each row gets its
     own scale: ``table ~= q * row_scale * column_scale``, gathered then scaled, so the table is
-    never dequantized whole.
+    never dequantized whole. Tables already int8 are left as they are, so a model can carry its
+    int8 tables into every later ``qdq_model`` (a trial) without paying for them again.
     """
     import onnx
     from onnx import helper, numpy_helper
 
     tables = {i.name: i for i in model.graph.initializer
-              if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2 and i.dims[0] >= EMBEDDING_MIN_ROWS}
+              if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2 and i.dims[0] >= EMBEDDING_MIN_ROWS
+              and i.dims[1] > 1}  # an int8 table's row scales are (rows, 1)
     graph_inputs = {i.name for i in model.graph.input}
     done, nodes = [], []
     for node in model.graph.node:
@@ -135,13 +137,19 @@ class _QdqRewrite:
     """Adds Q/DQ nodes and quantized initializers to a graph, each tensor's once."""
 
     def __init__(self, model, ranges: dict[str, tuple[float, float]], symmetric: bool) -> None:
-        from onnx import numpy_helper
-
         self.model, self.ranges, self.symmetric = model, ranges, symmetric
-        self.constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        self.initializers = {i.name: i for i in model.graph.initializer}
+        self.arrays: dict[str, np.ndarray] = {}  # converted when read: a large table never is
         self.added: dict[str, str] = {}
         self.nodes: list = []
         self.scales: dict[str, np.ndarray] = {}
+
+    def _array(self, name: str) -> np.ndarray:
+        from onnx import numpy_helper
+
+        if name not in self.arrays:
+            self.arrays[name] = numpy_helper.to_array(self.initializers[name])
+        return self.arrays[name]
 
     def _constant(self, name: str, value: np.ndarray) -> str:
         from onnx import numpy_helper
@@ -173,7 +181,7 @@ class _QdqRewrite:
 
     def weight(self, name: str, axis: int) -> str:
         if name not in self.added:
-            q, scale = _quantize_weight(self.constants[name], axis)
+            q, scale = _quantize_weight(self._array(name), axis)
             self.scales[name] = scale
             self.added[name] = self._dequantize(
                 name, self._constant(f"{name}_quantized", q), self._constant(f"{name}_scale", scale),
@@ -182,7 +190,7 @@ class _QdqRewrite:
 
     def bias(self, name: str, activation: str, weight: str) -> str:
         """int32 bias with scale activation scale x weight scale (what integer Conv and Gemm take)."""
-        b = self.constants[name]
+        b = self._array(name)
         scale = (self.scales[activation] * self.scales[weight]).astype(np.float32)
         if b.ndim != 1 or b.shape != scale.shape:
             return name
@@ -194,8 +202,8 @@ class _QdqRewrite:
         """Point ``node``'s activation, weight and bias inputs at their dequantized forms."""
         x, w = node.input[0], node.input[1]
         node.input[0] = self.activation(x)
-        node.input[1] = self.weight(w, _weight_axis(node, self.constants[w].ndim))
-        if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] in self.constants:
+        node.input[1] = self.weight(w, _weight_axis(node, len(self.initializers[w].dims)))
+        if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] in self.initializers:
             node.input[2] = self.bias(node.input[2], x, w)
 
 
@@ -223,7 +231,7 @@ def qdq_model(fp32, ranges: dict[str, tuple[float, float]], nodes: set[str] | li
     del model.graph.node[:]
     model.graph.node.extend(ordered)
     prune_unused(model)
-    return model, _quantize_embeddings(model)
+    return model, quantize_embeddings(model)
 
 
 def readers(graph) -> dict[str, list]:
