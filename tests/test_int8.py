@@ -354,3 +354,18 @@ def test_layers_are_ranked_by_what_int8_does_to_the_answers_not_by_their_own_snr
     snr = local_snr(model, qdq_model(model, ranges, {n.node for n in nodes})[0], nodes, rows, Rows())
     assert snr["fc_a"] < snr["fc_b"]  # its own output is the worse one...
     assert kl["fc_b"] > 10 * kl["fc_a"] > 0  # ...but the answers feel fc_b
+
+
+def test_layers_forced_float_are_not_ranked_and_the_report_says_they_are_yours(tiny_text_dir, text_tsv, tmp_path):
+    from edgesdk.demo import OTHER_TOPICS, topic_lines
+
+    calibration = tmp_path / "calibration.tsv"
+    calibration.write_text("".join(f"{t}\n" for t, _ in topic_lines(OTHER_TOPICS)[:60]), encoding="utf-8")
+    result = edgesdk.convert(TextClassifier.from_pretrained(tiny_text_dir), tmp_path / "out", precisions=["int8"],
+                             targets=["onnx"], calibration=calibration, verify_on=text_tsv,
+                             float_layers=["*query*"], quiet=True)
+    calibration_notes = json.loads((result.out / "onnx-int8" / "manifest.json").read_text())["build"]["calibration"]
+    forced = [f for f in calibration_notes["float_layers"] if f["forced"]]
+    assert forced and all("query" in f["layer"] and f["kl_alone"] is None for f in forced)
+    assert all(s["kl_alone"] is not None for s in calibration_notes["sensitivity"] if "query" not in s["layer"])
+    assert "your --float-layers" in (result.out / "report.html").read_text(encoding="utf-8")

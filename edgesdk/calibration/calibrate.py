@@ -406,10 +406,10 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
     snr = local_snr(model, int8, nodes, (probe_rows or judge.rows)[:32], encoder)
     search = _Search(_with_int8_embeddings(model), ranges, all_nodes, judge, encoder,
                      onnx_logits(model, judge.rows, encoder), budget, progress)
-    kl = search.kl_alone(nodes)
-    sensitivity = sorted(({"layer": n.layer, "node": n.node, "op": n.op, "kl_alone": kl[n.node],
+    kl = search.kl_alone([n for n in nodes if n.node not in forced_float | forced_int8])  # forced: not ranked
+    sensitivity = sorted(({"layer": n.layer, "node": n.node, "op": n.op, "kl_alone": kl.get(n.node),
                            "local_snr_db": snr[n.node]} for n in nodes),
-                         key=lambda s: (-s["kl_alone"], s["local_snr_db"], s["node"]))
+                         key=lambda s: (-(s["kl_alone"] or 0.0), s["local_snr_db"], s["node"]))
     ranked = [s for s in sensitivity if s["node"] not in forced_float | forced_int8]
     float_nodes, chosen, steps, judged = search.float_layers(ranked, set(forced_float))
     final = _int8_model(model, original, ranges, all_nodes - float_nodes)
