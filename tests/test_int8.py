@@ -368,4 +368,6 @@ def test_layers_forced_float_are_not_ranked_and_the_report_says_they_are_yours(t
     forced = [f for f in calibration_notes["float_layers"] if f["forced"]]
     assert forced and all("query" in f["layer"] and f["kl_alone"] is None for f in forced)
     assert all(s["kl_alone"] is not None for s in calibration_notes["sensitivity"] if "query" not in s["layer"])
+    ranked = [s["kl_alone"] for s in calibration_notes["sensitivity"] if s["kl_alone"] is not None]
+    assert ranked == sorted(ranked, reverse=True) and ranked[0] > ranked[-1]  # most harmful first
     assert "your --float-layers" in (result.out / "report.html").read_text(encoding="utf-8")

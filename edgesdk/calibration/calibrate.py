@@ -204,15 +204,15 @@ def _int8_model(smoothed: Any, original: Any, ranges: dict[str, tuple[float, flo
     return model
 
 
-def _with_int8_embeddings(model: Any) -> Any:
-    """A copy of ``model`` with its embedding tables int8 already, as every QDQ model has them:
-    trials built from it don't quantize a table again (e5-small's 96M-entry one took 8 s a trial)."""
+def _with_int8_embeddings(model: Any) -> tuple[Any, list[str]]:
+    """A copy of ``model`` with its embedding tables int8 already, as every QDQ model has them,
+    and their names: trials built from it don't quantize a table again (e5-small's 96M-entry one
+    took 8 s a trial)."""
     import onnx
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    quantize_embeddings(out)
-    return out
+    return out, quantize_embeddings(out)
 
 
 def held_aside(count: int) -> np.ndarray:
@@ -400,17 +400,19 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
     ranges = {name: activation_range(histograms[name], method) for name in activations}
     observed = time.perf_counter()
     all_nodes = {n.node for n in nodes}
-    int8, tables = qdq_model(model, ranges, all_nodes)
+    trial_base, tables = _with_int8_embeddings(model)
+    int8, _ = qdq_model(trial_base, ranges, all_nodes)
     if progress is not None:
         progress("each layer's own SNR (one pass)")
     snr = local_snr(model, int8, nodes, (probe_rows or judge.rows)[:32], encoder)
-    search = _Search(_with_int8_embeddings(model), ranges, all_nodes, judge, encoder,
-                     onnx_logits(model, judge.rows, encoder), budget, progress)
-    kl = search.kl_alone([n for n in nodes if n.node not in forced_float | forced_int8])  # forced: not ranked
+    search = _Search(trial_base, ranges, all_nodes, judge, encoder, onnx_logits(model, judge.rows, encoder), budget,
+                     progress)
+    forced = forced_float | forced_int8  # not ranked
+    kl = search.kl_alone([n for n in nodes if n.node not in forced])
     sensitivity = sorted(({"layer": n.layer, "node": n.node, "op": n.op, "kl_alone": kl.get(n.node),
                            "local_snr_db": snr[n.node]} for n in nodes),
                          key=lambda s: (-(s["kl_alone"] or 0.0), s["local_snr_db"], s["node"]))
-    ranked = [s for s in sensitivity if s["node"] not in forced_float | forced_int8]
+    ranked = [s for s in sensitivity if s["node"] not in forced]
     float_nodes, chosen, steps, judged = search.float_layers(ranked, set(forced_float))
     final = _int8_model(model, original, ranges, all_nodes - float_nodes)
     log.debug("calibration: ranges in %.1f s, %d of %d layers kept float", observed - start, len(float_nodes),
