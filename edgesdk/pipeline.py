@@ -33,7 +33,7 @@ from .calibration import (
     Judge,
     LayerChoice,
     calibrate,
-    point_judgement,
+    judgement_caveat,
 )
 from .config import ConvertConfig
 from .converters import PASSES, run_passes
@@ -120,7 +120,7 @@ def _int8_summary(notes: dict[str, Any]) -> dict[str, Any] | None:
             "float_layers": [{k: f[k] for k in ("layer", "kl_alone", "local_snr_db", "forced")}
                              for f in calibration.get("float_layers", [])],
             "judged_on": calibration.get("judged_on"), "judged_effect": calibration.get("judged_effect"),
-            "point_judgement": point_judgement(calibration) if calibration else None,
+            "judgement_caveat": judgement_caveat(calibration) if calibration else None,
             "smoothing": calibration.get("smoothing"),
             "divergence": _divergence_summary(calibration.get("divergence"))}
 
@@ -212,7 +212,7 @@ class Artifacts:
                 self._calibration = calibrate(onnx_fp32, encoder.encode(plan.samples.items), plan.samples.labels,
                                               encoder, self.workdir / "calibration", plan.method, plan.budget,
                                               update, judge=self.judge, choice=plan.choice)
-            why = point_judgement(self._calibration.figures)
+            why = judgement_caveat(self._calibration.figures)
             if why is not None:
                 self.steps.note(f"  int8: {why}")
         return self._calibration

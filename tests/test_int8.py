@@ -11,7 +11,7 @@ from conftest import run_cli
 import edgesdk
 from edgesdk import TextClassifier
 from edgesdk.calibration import Budget
-from edgesdk.calibration.calibrate import effect, meets, point_judgement, search_float_layers
+from edgesdk.calibration.calibrate import effect, judgement_caveat, meets, search_float_layers
 from edgesdk.errors import InputError
 from edgesdk.runtime.runners.onnx_runner import ort_session
 
@@ -105,16 +105,33 @@ def test_search_judges_on_points_when_the_data_cannot_show_the_bound():
     assert judged == "point" and kept == 3 and meets(chosen, Budget(0.99), bound=False)
 
 
-def test_a_point_judgement_says_how_many_samples_would_show_the_bound():
+def test_search_needs_no_change_at_all_when_the_data_shows_the_bound_only_without_one():
+    """400 samples show 99% on the bound with no answer changed (the bundles' gates need that),
+    not with one change of margin: the search aims at none, not at point estimates that fail."""
+    ranked = [{"node": f"n{i}"} for i in range(6)]
+    changes = {0: 6, 1: 3, 2: 1, 3: 0, 4: 0, 5: 0, 6: 0}
+    kept, chosen, _, judged = search_float_layers(ranked, _trial_table(changes, 400), Budget(0.99), None)
+    assert judged == "bound without margin" and kept == 3 and chosen["agreeing"] == 400
+    assert meets(chosen, Budget(0.99), margin=0) and not meets(_trial_table(changes, 400)({"n0", "n1"}),
+                                                                Budget(0.99), margin=0)
+    figures = {"judged_by": judged, "judge_samples": 400, "judged_on": "verification data",
+               "budget": {"min_agreement": 0.99, "confidence": 0.95}}
+    why = judgement_caveat(figures)
+    needed = int(why.split(" or more samples")[0].rsplit(" ", 1)[1])
+    assert "only with no answer changed" in why and "no margin" in why
+    assert meets({"agreeing": needed, "samples": needed, "expected_changes": 0.0, "labeled": 0}, Budget(0.99))
+
+
+def test_a_judgement_caveat_says_how_many_samples_would_show_the_bound():
     figures = {"judged_by": "point", "judge_samples": 300, "judged_on": "verification data",
                "budget": {"min_agreement": 0.99, "confidence": 0.95}}
-    why = point_judgement(figures)
+    why = judgement_caveat(figures)
     needed = int(why.split(" or more samples")[0].rsplit(" ", 1)[1])
     assert "the 300 samples it was judged on (verification data) cannot show" in why and "--verify-on" in why
     perfect = {"agreeing": needed, "samples": needed, "expected_changes": 0.0, "labeled": 0}
     assert meets(perfect, Budget(0.99))  # that many samples show the bound, margin charged
     assert not meets({**perfect, "agreeing": needed - 1, "samples": needed - 1}, Budget(0.99))
-    assert point_judgement({**figures, "judged_by": "bound"}) is None
+    assert judgement_caveat({**figures, "judged_by": "bound"}) is None
 
 
 def test_search_returns_the_best_configuration_when_the_budget_cannot_be_met():

@@ -9,9 +9,9 @@ from .calibrate import (
     LayerChoice,
     calibrate,
     held_aside,
-    point_judgement,
+    judgement_caveat,
 )
 from .ranges import RANGE_METHODS, activation_range
 
-__all__ = ["Budget", "Calibration", "Judge", "LayerChoice", "calibrate", "held_aside", "point_judgement",
+__all__ = ["Budget", "Calibration", "Judge", "LayerChoice", "calibrate", "held_aside", "judgement_caveat",
            "MAX_JUDGE_SAMPLES", "MIN_SAMPLES", "RANGE_METHODS", "activation_range"]

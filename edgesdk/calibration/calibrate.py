@@ -13,7 +13,8 @@
    signal every sample contributes to: each sample's risk of changing its answer, from its
    float margin and the int8 logit noise. The most sensitive layers are kept in float, as few
    as the budget allows (doubling, then bisection), and the budget is a confidence bound
-   wherever the judging samples are enough to show it.
+   wherever the judging samples are enough to show it: with one changed answer charged as a
+   margin for another CPU, or, where they can show it only with none changed, without one.
 
 The result is a QDQ ONNX model and a portable ranges document (tensor -> scale, zero point,
 method) that every target's int8 bundle is built from. The float model is loaded once; every
@@ -47,12 +48,15 @@ from .smooth import SMOOTH_ALPHA, ChannelMax, drop_idle_smoothing, smooth_model,
 log = logging.getLogger(__name__)
 
 __all__ = ["Budget", "Calibration", "Judge", "LayerChoice", "calibrate", "held_aside", "search_float_layers",
-           "point_judgement", "MIN_SAMPLES", "MAX_JUDGE_SAMPLES", "RANK_SAMPLES"]
+           "judgement_caveat", "MIN_SAMPLES", "MAX_JUDGE_SAMPLES", "RANK_SAMPLES", "JUDGEMENTS"]
 
 MIN_SAMPLES = 20
 MAX_JUDGE_SAMPLES = 2000
 RANK_SAMPLES = 64
 RANK_WORK = 4096  # MiniLM's 38 layers rank on 64 samples, a 200-conv CNN on 20
+# how a configuration is judged, strictest first: the first the judging samples can show is used
+JUDGEMENTS = {"bound": {"bound": True, "margin": 1}, "bound without margin": {"bound": True, "margin": 0},
+              "point": {"bound": False, "margin": 1}}
 Progress = Callable[[str], None] | None
 
 
@@ -175,7 +179,7 @@ class Calibration:
                 "float_layers": [s["layer"] for s in self.sensitivity if s["node"] in nodes],
                 "added_float_layers": [s["layer"] for s in self.sensitivity if s["node"] in nodes - base],
                 "judged_effect": chosen, "judged_by": judged, "search": steps,
-                "met_budget": meets(chosen, self.search.budget, judged == "bound")}}
+                "met_budget": meets(chosen, self.search.budget, **JUDGEMENTS[judged])}}
         return self._symmetric
 
     def write_model(self, out: Path, symmetric: bool = False) -> Path:
@@ -251,19 +255,19 @@ def effect(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dic
             "accuracy_drop": float(ref_ok.mean() - int8_ok.mean()) if known.any() else None}
 
 
-def changes_with_margin(e: dict[str, Any]) -> float:
+def changes_with_margin(e: dict[str, Any], margin: int = 1) -> float:
     """The changed answers a configuration is charged with: the larger of those seen and those
-    expected from the logit noise, plus one, so that another CPU's int8 kernels or another
+    expected from the logit noise, plus ``margin``, so that another CPU's int8 kernels or another
     runtime (which move a near-tie now and then) still keep the gate."""
-    return max(e["samples"] - e["agreeing"], e["expected_changes"]) + 1
+    return max(e["samples"] - e["agreeing"], e["expected_changes"]) + margin
 
 
-def meets(e: dict[str, Any], budget: Budget, bound: bool = True) -> bool:
-    """Whether an effect keeps the budget: changed answers counted with a margin
+def meets(e: dict[str, Any], budget: Budget, bound: bool = True, margin: int = 1) -> bool:
+    """Whether an effect keeps the budget: changed answers counted with a ``margin``
     (``changes_with_margin``), judged on the lower confidence bound (``bound``) or the point
     estimate; the accuracy drop on its upper bound where the labeled samples can show the budget."""
     n = e["samples"]
-    changed = min(changes_with_margin(e), n)
+    changed = min(changes_with_margin(e, margin), n)
     agreement = wilson_interval(n - changed, n, budget.confidence)[0] if bound else 1 - changed / n
     if agreement < budget.min_agreement:
         return False
@@ -274,28 +278,35 @@ def meets(e: dict[str, Any], budget: Budget, bound: bool = True) -> bool:
     return e["accuracy_drop"] <= budget.max_accuracy_drop
 
 
-def point_judgement(figures: dict[str, Any]) -> str | None:
-    """When the judging samples were too few to show the budget on its bound (so float layers were
-    chosen on point estimates), why, and how many samples would; None otherwise."""
-    if figures.get("judged_by") != "point":
+def judgement_caveat(figures: dict[str, Any]) -> str | None:
+    """When the judging samples were too few to show the budget on its bound with a margin (so float
+    layers were chosen without one, or on point estimates), why, and how many samples would; None
+    otherwise."""
+    judged = figures.get("judged_by")
+    if judged not in ("point", "bound without margin"):
         return None
     budget = figures["budget"]
     needed = samples_to_show(budget["min_agreement"], budget["confidence"], 1)
-    return (f"the {figures['judge_samples']} samples it was judged on ({figures['judged_on']}) cannot show "
-            f"top-1 agreement >= {budget['min_agreement']:.2%} on its {budget['confidence']:.0%} bound once one "
-            f"change is charged as a margin, so float layers were chosen on point estimates and may be more than "
-            f"needed; {needed} or more samples (--verify-on) would show it")
+    samples = f"the {figures['judge_samples']} samples it was judged on ({figures['judged_on']})"
+    goal = f"top-1 agreement >= {budget['min_agreement']:.2%} on its {budget['confidence']:.0%} bound"
+    if judged == "point":
+        return (f"{samples} cannot show {goal} once one change is charged as a margin, so float layers were chosen "
+                f"on point estimates and the bundles' gates may fail; {needed} or more samples (--verify-on) would "
+                "show it")
+    return (f"{samples} show {goal} only with no answer changed, so float layers were chosen for none to change, "
+            f"with no margin for another CPU's int8 kernels; {needed} or more samples (--verify-on) would leave one")
 
 
 def search_float_layers(ranked: list[dict[str, Any]], trial: Callable[[set[str]], dict[str, Any]],
                         budget: Budget, progress: Progress) -> tuple[int, dict[str, Any], list[dict[str, Any]], str]:
     """The fewest most-sensitive layers to keep in float for the budget (doubling, then bisection).
 
-    The budget is judged on its confidence bound when the judging samples can show it with
-    every ranked layer in float; otherwise on point estimates (the data cannot show more).
-    Returns that number, its effect, every configuration tried, and how it was judged ("bound"
-    or "point"). When nothing meets the budget, the configuration with the fewest expected
-    changes is returned.
+    The budget is judged by the first of ``JUDGEMENTS`` that the judging samples can show with
+    no layer or every ranked layer in float: on its confidence bound with one change of margin,
+    on the bound with none (when the samples show it only with no answer changed: the bundles'
+    gates need exactly that), else on point estimates. Returns that number, its effect, every
+    configuration tried, and the judgement's name. When nothing meets the budget, the
+    configuration with the fewest expected changes is returned.
     """
     tried: dict[int, dict[str, Any]] = {}
 
@@ -306,11 +317,11 @@ def search_float_layers(ranked: list[dict[str, Any]], trial: Callable[[set[str]]
             tried[k] = trial({s["node"] for s in ranked[:k]})
         return tried[k]
 
-    bound = meets(effect_of(0), budget) or meets(effect_of(len(ranked)), budget)
-    judged = "bound" if bound else "point"
+    judged = next((name for name, rule in JUDGEMENTS.items()
+                   if meets(effect_of(0), budget, **rule) or meets(effect_of(len(ranked)), budget, **rule)), "point")
 
     def keeps(e: dict[str, Any]) -> bool:
-        return meets(e, budget, bound)
+        return meets(e, budget, **JUDGEMENTS[judged])
 
     low, high = -1, 0  # invariant: k=low misses the budget, k=high is the candidate
     while not keeps(effect_of(high)) and high < len(ranked):
@@ -434,7 +445,7 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
         ranges=_ranges_document(method, ranges, activation_qparams(final), quantized, tables),
         float_layers=float_layers,
         sensitivity=sensitivity,
-        met_budget=meets(chosen, budget, judged == "bound"),
+        met_budget=meets(chosen, budget, **JUDGEMENTS[judged]),
         figures={
             "method": method, "samples": len(range_rows), "judged_on": judge.source,
             "judge_samples": len(judge.rows),

@@ -120,7 +120,7 @@ class TfliteTarget(Target):
         from ai_edge_quantizer import quantizer, recipe
 
         from edgesdk.calibration import held_aside
-        from edgesdk.calibration.calibrate import effect, meets
+        from edgesdk.calibration.calibrate import JUDGEMENTS, effect, meets
 
         plan, spec = artifacts.plan, artifacts.classifier.spec
         encoder = artifacts.classifier.encoder()
@@ -145,10 +145,10 @@ class TfliteTarget(Target):
         def judged(model: Path) -> dict[str, Any]:
             return effect(reference, logits_of(model), labels)
 
-        tried, chosen, extra = [], "", {}
+        tried, chosen, extra, judgement = [], "", {}, "bound"
         for chosen in RECIPES:
             if chosen == "full_integer":
-                e, extra = self._full_integer(float_model, out, artifacts, calibrating, judged)
+                e, extra, judgement = self._full_integer(float_model, out, artifacts, calibrating, judged)
             else:
                 q = quantizer.Quantizer(str(float_model))
                 q.load_quantization_recipe(getattr(recipe, RECIPES[chosen][0])())
@@ -157,21 +157,23 @@ class TfliteTarget(Target):
                 e, extra = judged(out), {}
             tried.append({"recipe": chosen, "agreeing": e["agreeing"], "samples": e["samples"],
                           "expected_changes": e["expected_changes"]})
-            if meets(e, plan.budget):
+            if meets(e, plan.budget, **JUDGEMENTS[judgement]):
                 break
         ranges_used = (f"edgesdk's {calibration.ranges['method']} ranges over edgesdk's calibration samples, taken "
                        "on this model's own tensors" if chosen == "full_integer" else
                        "computed at run time by the kernels")
         return {"int8": RECIPES[chosen][1], "recipe": chosen, "quantizer": "ai-edge-quantizer",
-                "recipes_tried": tried, "judged_on": judged_on, "activation_ranges": ranges_used, **extra,
+                "recipes_tried": tried, "judged_on": judged_on, "judged_by": judgement,
+                "activation_ranges": ranges_used, **extra,
                 **(_integer_only(out) if chosen == "full_integer" else {"integer_only": False})}
 
     def _full_integer(self, float_model: Path, out: Path, artifacts: Any, items: list[Any],
-                      judged: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+                      judged: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], str]:
         """Write the full-integer model with edgesdk's float layers, and as few more as the budget
         needs: LiteRT's int8 ops also write int8 outputs, where edgesdk's ONNX int8 keeps them
         float. The extra layers are the most sensitive of edgesdk's ranking, chosen by
-        calibration's own search (doubling, then bisection). Returns the effect and the notes."""
+        calibration's own search (doubling, then bisection). Returns the effect, the notes and how
+        the search judged (``search_float_layers``)."""
         from edgesdk.calibration.calibrate import search_float_layers
 
         calibration, budget = artifacts.calibration(), artifacts.plan.budget
@@ -187,14 +189,14 @@ class TfliteTarget(Target):
             full.write(out, kept | {s["layer"] for s in ranked if s["node"] in extra})
             return judged(out)
 
-        count, e, steps, _ = search_float_layers(ranked, trial, budget, None)
+        count, e, steps, judgement = search_float_layers(ranked, trial, budget, None)
         added = [s["layer"] for s in ranked[:count]]
         static = full.write(out, kept | set(added))
         return e, {"float_layers": static.float_layers, "float_layers_added": added,
                    "float_layers_not_found": static.unmatched,
                    "float_layer_search": [{"added": step["float_layers"], "agreeing": step["agreeing"],
                                            "samples": step["samples"], "expected_changes": step["expected_changes"]}
-                                          for step in steps]}
+                                          for step in steps]}, judgement
 
 
 def convert_signatures(litert_torch: Any, graph: Any, signatures: dict[str, tuple], out: Path) -> None:
