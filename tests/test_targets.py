@@ -126,6 +126,32 @@ def test_full_integer_tflite_takes_exact_int8_pixels_and_keeps_float_layers_floa
         assert (full_integer.argmax(1) == float_logits.argmax(1)).mean() >= 0.98  # 99.5-100% here
 
 
+class _GroupedQueryScores(torch.nn.Module):
+    """Attention scores with 2 query heads sharing 1 key head, repeated as Llama and Qwen2 repeat them."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        b, heads, s, d = k.shape
+        keys = k[:, :, None].expand(b, heads, 2, s, d).reshape(b, heads * 2, s, d)
+        return torch.matmul(q, keys.transpose(2, 3))
+
+
+def test_grouped_query_attention_converts_to_tflite_exactly(tmp_path):
+    """litert-torch miscomputes a MatMul reading repeated key heads transposed; converted with them
+    concatenated (``litert_heads``), the .tflite computes what PyTorch does."""
+    import litert_torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgesdk.targets.tflite_runtime import convert_signatures
+
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, 16, 16), torch.randn(1, 1, 16, 16)
+    convert_signatures(litert_torch, _GroupedQueryScores().eval(), {"serving_default": (q, k)}, tmp_path / "m.tflite")
+    run = Interpreter(model_path=str(tmp_path / "m.tflite")).get_signature_runner("serving_default")
+    out = next(iter(run(**dict(zip(run.get_input_details(), (q.numpy(), k.numpy())))).values()))
+    reference = _GroupedQueryScores()(q, k).numpy()
+    np.testing.assert_allclose(out, reference, atol=1e-4 * np.abs(reference).max())
+
+
 def test_fixed_shape_tflite_takes_any_image_size_and_long_text(demo_out):
     image = load_bundle(demo_out / "image" / "tflite-fp32")
     reference = load_bundle(demo_out / "image" / "onnx-fp32")

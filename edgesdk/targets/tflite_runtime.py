@@ -11,6 +11,12 @@ resized to the model's size with the same bilinear resize as the graph
 (``edgesdk.runtime.resize``) and fed as float pixels, so the in-graph resize is an identity.
 Inputs are int32 (LiteRT downcasts int64).
 
+Grouped-query attention (Llama, Qwen2: fewer key/value heads than query heads) repeats each
+key head with a 5-D ``expand`` (``x[:, :, None].expand(b, kv, n, s, d)``); with one key/value
+head litert-torch 0.10 miscomputes the MatMul that reads those keys transposed (errors as large
+as the outputs), while the same keys built by concatenation convert exactly, so the conversion
+runs with those expands written as ``cat`` (``litert_heads``).
+
 int8: the first of ai-edge-quantizer's recipes that keeps the int8 budget, judged as edgesdk's
 calibration judges (on the verification data when given):
 
@@ -206,7 +212,10 @@ def convert_signatures(litert_torch: Any, graph: Any, signatures: dict[str, tupl
     for name, sample in signatures.items():
         converter = (litert_torch.signature(name, graph, sample) if converter is None
                      else converter.signature(name, graph, sample))
-    converter.convert().export(str(out))
+    from .litert_heads import RepeatedHeadsByConcat
+
+    with RepeatedHeadsByConcat():
+        converter.convert().export(str(out))
 
 
 def _integer_only(model: Path) -> dict[str, Any]:
