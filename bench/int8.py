@@ -86,7 +86,8 @@ def quantize(config: str, folder: Path, set_name: str, fp32: Path, out: Path) ->
                            judge=Judge(judge_rows, judge_labels, "verification split"), choice=choice)
         shutil.copyfile(result.model, _qdq(out))  # what the OpenVINO bundle is built from
         onnx.save_model(integer_matmuls(onnx.load(str(result.model))), str(out))  # what the onnx bundle ships
-        figures.update(float_layers=len(result.float_layers), met_budget=float(result.met_budget))
+        figures.update(float_layers=len(result.float_layers), weight_blocks=len(result.blocks),
+                       met_budget=float(result.met_budget))
     elif config == "ort_quantize_dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -1,12 +1,14 @@
 """int8 fallback forms bench: what the layers edgesdk keeps out of int8 could be instead of float.
 
-edgesdk's calibration keeps its most sensitive layers float until the int8 gate holds; those
-layers cost time (a float MatMul reading GELU's output takes 2-3x its int8 kernel's time) and
-bytes (the int8 bytes goal is 0.28 of fp32). This bench calibrates one fine-tuned classifier
-(bench/finetune.py) once, then writes the same int8 model with those layers in other forms
-and measures each side by side:
+edgesdk's calibration keeps its most sensitive layers out of static int8 until the gate holds;
+float, those layers cost time (a float MatMul reading GELU's output takes 2-3x its int8
+kernel's time) and bytes (the int8 bytes goal is 0.28 of fp32). This bench calibrates one
+fine-tuned classifier (bench/finetune.py) once, then writes the same int8 model with those
+layers in other forms and measures each side by side:
 
-- ``float``: what edgesdk ships (the onnx bundle's integer form);
+- ``float``: every one of them float whole;
+- ``edgesdk``: what edgesdk ships: int8 weight blocks of 32 for all but the fewest the gate
+  needs float (``edgesdk.calibration.qdq.int8_weight_blocks``);
 - ``static``: those layers int8 like the others (every layer int8);
 - ``dynamic``: onnxruntime's ``DynamicQuantizeMatMul`` (activation range per call, per tensor;
   int8 weights per output channel), what ``quantize_dynamic`` writes;
@@ -18,7 +20,8 @@ and measures each side by side:
 
 For each: changed, lost and gained answers on the verification split (what the gate judges)
 and whether edgesdk's gate holds there (``meets`` on the bound with one change of margin), test
-agreement, bytes and onnxruntime latency against fp32 (batch 1, sequence 128, 2 threads).
+agreement, bytes and latency against fp32 (batch 1, sequence 128, 2 threads) in onnxruntime
+(each model in the onnx bundle's integer form), and for ``float`` and ``edgesdk`` in OpenVINO.
 
 Usage: python bench/int8_fallbacks.py [--sets sst2,banking77] [--base minilm] [--rounds 4]
 Writes bench/results/int8_fallbacks.json.
@@ -96,8 +99,10 @@ def _nbits(model, nodes: set[str]):
 
 
 def forms(set_name: str, base: str, work: Path) -> tuple[dict, dict[str, Path], Path, int]:
-    """Calibrate once; write every form; returns the calibration's figures, the models, fp32 and
-    the float layers' count."""
+    """Calibrate once; write every form; returns the calibration's figures, the models (onnxruntime's
+    integer form; ``ov:`` the QDQ models OpenVINO reads), fp32 and the count of layers out of int8."""
+    import dataclasses
+
     import onnx
 
     from edgesdk.calibration import Judge, calibrate
@@ -114,13 +119,14 @@ def forms(set_name: str, base: str, work: Path) -> tuple[dict, dict[str, Path], 
                        judge=Judge(judge_rows, judge_labels, "verification split"))
     float_nodes = {f["node"] for f in result.float_layers}
     ranges = {name: (r["lo"], r["hi"]) for name, r in result.ranges["activations"].items()}
-    shipped = integer_matmuls(onnx.load(str(result.model)))
+    qdq = {"edgesdk": result.model,
+           "float": dataclasses.replace(result, blocks=frozenset()).write_model(work / "float.qdq.onnx")}
+    whole = integer_matmuls(onnx.load(str(qdq["float"])))
     every_layer, _ = qdq_model(result.float_model, ranges, set(result.quantized_nodes))
-    models = {"float": shipped, "static": integer_matmuls(every_layer),
-              "dynamic": _rewrite(shipped, float_nodes, "dynamic"),
-              "int8_weights": _rewrite(shipped, float_nodes, "int8_weights"),
-              "nbits8_b32": _nbits(shipped, float_nodes)}
-    paths = {}
+    models = {"float": whole, "edgesdk": integer_matmuls(onnx.load(str(qdq["edgesdk"]))),
+              "static": integer_matmuls(every_layer), "dynamic": _rewrite(whole, float_nodes, "dynamic"),
+              "int8_weights": _rewrite(whole, float_nodes, "int8_weights"), "nbits8_b32": _nbits(whole, float_nodes)}
+    paths = {f"ov:{form}": path for form, path in qdq.items()}
     for form, model in models.items():
         paths[form] = work / f"{form}.onnx"
         onnx.save_model(model, str(paths[form]))
@@ -140,9 +146,11 @@ def bench(set_name: str, base: str, rounds: int, work: Path) -> dict:
     _, test_rows, test_labels = _rows(folder, test)
     reference = {"verification": onnx_logits(onnx.load(str(fp32)), verify_rows, encoder),
                  "test": onnx_logits(onnx.load(str(fp32)), test_rows, encoder)}
-    latency = _latency_ms({"fp32": fp32, **paths}, rounds)
+    latency = _latency_ms({"fp32": fp32, "ov:fp32": fp32, **paths}, rounds)
     table = {}
     for form, path in paths.items():
+        if form.startswith("ov:"):
+            continue
         model = onnx.load(str(path))
         judged = effect(reference["verification"], onnx_logits(model, verify_rows, encoder), verify_labels)
         tested = effect(reference["test"], onnx_logits(model, test_rows, encoder), test_labels)
@@ -153,18 +161,23 @@ def bench(set_name: str, base: str, rounds: int, work: Path) -> dict:
                        "test_agreement": tested["agreement"], "test_accuracy_drop": tested["accuracy_drop"],
                        "bytes_ratio": path.stat().st_size / fp32.stat().st_size,
                        "latency_ratio": latency[form] / latency["fp32"]}
+        if f"ov:{form}" in latency:
+            table[form]["openvino_latency_ratio"] = latency[f"ov:{form}"] / latency["ov:fp32"]
     return {"set": f"{base}-{set_name}", "float_layers": float_count, "judged_by": figures["judged_by"],
+            "weight_blocks": figures["weight_blocks"]["layers"],
             "verification_samples": len(verify_rows), "test_samples": len(test_rows), "forms": table}
 
 
 def _print(result: dict) -> None:
-    print(f"\n{result['set']}: {result['float_layers']} layers kept out of int8 by the search; verification "
+    print(f"\n{result['set']}: {result['float_layers']} layers kept out of static int8 by the search "
+          f"({result['weight_blocks']} of them with int8 weight blocks in edgesdk's model); verification "
           f"{result['verification_samples']} texts, test {result['test_samples']}")
     print_table(["form of those layers", "verif changed", "lost", "gained", "expected", "gate", "test agree",
-                 "test Δacc", "bytes", "×fp32"],
+                 "test Δacc", "bytes", "×fp32", "OV ×fp32"],
                 [[form, r["verification_changed"], r["verification_lost"], r["verification_gained"],
                   f"{r['expected_changes']:.2f}", "holds" if r["gate"] else "fails", f"{r['test_agreement']:.2%}",
-                  f"{r['test_accuracy_drop']:+.2%}", f"{r['bytes_ratio']:.1%}", f"{r['latency_ratio']:.2f}"]
+                  f"{r['test_accuracy_drop']:+.2%}", f"{r['bytes_ratio']:.1%}", f"{r['latency_ratio']:.2f}",
+                  f"{r['openvino_latency_ratio']:.2f}" if "openvino_latency_ratio" in r else ""]
                  for form, r in result["forms"].items()])
 
 

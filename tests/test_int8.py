@@ -29,7 +29,7 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         assert calibration["quantized_layers"] >= 1
         assert len(calibration["sensitivity"]) == calibration["quantizable_layers"]
         for layer in calibration["float_layers"]:
-            assert {"layer", "kl_alone", "local_snr_db", "forced"} <= set(layer) and not layer["forced"]
+            assert {"layer", "kl_alone", "local_snr_db", "forced", "weights"} <= set(layer) and not layer["forced"]
         divergence = calibration["divergence"]  # every layer output compared with the float model
         assert len(divergence["layers"]) >= calibration["quantizable_layers"]  # and attention MatMuls
         assert all(r["cosine"] > 0.9 and r["snr_db"] > 0 for r in divergence["layers"])
@@ -219,6 +219,36 @@ def _smoothed(graph, opset: int, maxima: dict[str, np.ndarray]):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     smoothed, renamed = smooth_model(model, smoothable(model, quantizable_nodes(model)), maxima)
     return model, smoothed, renamed
+
+
+def test_int8_weight_blocks_give_a_float_matmul_one_scale_per_32_input_rows():
+    """A layer kept out of static int8 can take int8 weight blocks: stored int8 with one scale per
+    block of 32 input rows and output column, it computes close to float in onnxruntime; a weight
+    whose rows don't split into blocks, or a model below opset 21, is left as it is."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesdk.calibration.qdq import blockable, int8_weight_blocks
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 8)).astype(np.float32)
+    w[5] *= 40  # an outlier row costs only its own block
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+         helper.make_node("MatMul", ["h", "v"], ["y"], name="odd")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(rng.normal(size=(8, 5)).astype(np.float32), "v")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    assert blockable(model) == {"fc"}  # 8 rows are no block of 32
+    old = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert blockable(old) == set()
+    x = rng.normal(size=(16, 64)).astype(np.float32)
+    expected = ort_session(model.SerializeToString()).run(None, {"x": x})[0]
+    int8_weight_blocks(model, {"fc"})
+    stored = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert "w" not in stored and stored["w_blocks"].dtype == np.int8 and stored["w_block_scale"].shape == (2, 8)
+    got = ort_session(model.SerializeToString()).run(None, {"x": x})[0]
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
 
 
 def test_smoothing_is_an_exact_rewrite_folded_into_a_product_where_it_can_be():

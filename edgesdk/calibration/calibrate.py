@@ -15,6 +15,9 @@
    as the budget allows (doubling, then bisection), and the budget is a confidence bound
    wherever the judging samples are enough to show it: with one changed answer charged as a
    margin for another CPU, or, where they can show it only with none changed, without one.
+   The same search then keeps whole float only the fewest most sensitive of those layers; the
+   others take int8 weight blocks (``qdq.int8_weight_blocks``: int8 arithmetic with activations
+   quantized per block of 32 at run time).
 
 The result is a QDQ ONNX model and a portable ranges document (tensor -> scale, zero point,
 method) that every target's int8 bundle is built from. The float model is loaded once; every
@@ -40,7 +43,16 @@ from edgesdk.stats import labels_to_show, paired_drop_upper, samples_to_show, so
 from .divergence import layer_divergence
 from .observers import Histogram, unpadded
 from .onnx_run import onnx_logits, run_outputs
-from .qdq import QuantNode, activation_qparams, qdq_model, quantizable_nodes, quantize_embeddings
+from .qdq import (
+    WEIGHT_BLOCK,
+    QuantNode,
+    activation_qparams,
+    blockable,
+    int8_weight_blocks,
+    qdq_model,
+    quantizable_nodes,
+    quantize_embeddings,
+)
 from .ranges import RANGE_METHODS, activation_range
 from .sensitivity import local_snr
 from .smooth import SMOOTH_ALPHA, ChannelMax, drop_idle_smoothing, smooth_model, smoothable
@@ -122,9 +134,14 @@ class _Search:
     reference: np.ndarray
     budget: Budget
     progress: Progress = None
+    original: Any = None
 
-    def trial(self, float_nodes: set[str], symmetric: bool = False) -> dict[str, Any]:
-        candidate, _ = qdq_model(self.model, self.ranges, self.nodes - float_nodes, symmetric)
+    def trial(self, float_nodes: set[str], symmetric: bool = False, blocks: set[str] = frozenset()) -> dict[str, Any]:
+        """The effect of ``float_nodes`` out of int8 (``blocks`` of them with int8 weight blocks)."""
+        if blocks:
+            candidate = _int8_model(self.model, self.original, self.ranges, self.nodes - float_nodes, blocks=blocks)
+        else:
+            candidate, _ = qdq_model(self.model, self.ranges, self.nodes - float_nodes, symmetric)
         return effect(self.reference, onnx_logits(candidate, self.judge.rows, self.encoder), self.judge.labels)
 
     def kl_alone(self, nodes: Sequence[QuantNode]) -> dict[str, float]:
@@ -149,6 +166,22 @@ class _Search:
             ranked, lambda extra: self.trial(base | extra, symmetric), self.budget, self.progress)
         return base | {s["node"] for s in ranked[:kept]}, chosen, steps, judged
 
+    def weight_blocks(self, float_nodes: set[str], ranked: list[dict[str, Any]], judged: str
+                      ) -> tuple[set[str], dict[str, Any] | None, list[dict[str, Any]]]:
+        """Of the searched ``float_nodes``, those that take int8 weight blocks (``int8_weight_blocks``)
+        with the budget kept: all but the fewest most sensitive of ``ranked``, by the same search
+        and ``judged`` judgement. Returns them, their effect (None when none) and the steps."""
+        can = blockable(self.model)
+        candidates = [s for s in ranked if s["node"] in float_nodes and s["node"] in can]
+        if not candidates:
+            return set(), None, []
+        nodes = {s["node"] for s in candidates}
+        kept, chosen, steps, _ = search_float_layers(
+            candidates, lambda whole: self.trial(float_nodes, blocks=nodes - whole), self.budget, self.progress,
+            judged=judged)
+        blocks = {s["node"] for s in candidates[kept:]}
+        return blocks, chosen if blocks else None, steps
+
 
 @dataclass
 class Calibration:
@@ -165,6 +198,7 @@ class Calibration:
     quantized_nodes: list[str] = field(default_factory=list)
     search: _Search | None = field(default=None, repr=False)
     forced_int8: frozenset[str] = frozenset()
+    blocks: frozenset[str] = frozenset()
     _symmetric: dict[str, Any] | None = field(default=None, repr=False)
 
     def symmetric(self) -> dict[str, Any]:
@@ -184,13 +218,16 @@ class Calibration:
 
     def write_model(self, out: Path, symmetric: bool = False) -> Path:
         """Write the int8 model again from the same ranges (``symmetric``: int8 activations with
-        zero point 0, for TensorRT, with the float layers ``symmetric()`` chose)."""
+        zero point 0, for TensorRT, with the float layers ``symmetric()`` chose; TensorRT's layers out
+        of int8 stay float whole, as its weight-only int8 can't be checked here)."""
         import onnx
 
         float_nodes = (self.symmetric()["float_nodes"] if symmetric else {f["node"] for f in self.float_layers})
         ranges = {name: (r["lo"], r["hi"]) for name, r in self.ranges["activations"].items()}
         int8_nodes = set(self.quantized_nodes) - float_nodes
-        onnx.save_model(_int8_model(self.float_model, self.original_model, ranges, int8_nodes, symmetric), str(out))
+        blocks = set() if symmetric else set(self.blocks)
+        onnx.save_model(_int8_model(self.float_model, self.original_model, ranges, int8_nodes, symmetric, blocks),
+                        str(out))
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -200,11 +237,13 @@ class Calibration:
 
 
 def _int8_model(smoothed: Any, original: Any, ranges: dict[str, tuple[float, float]], int8_nodes: set[str],
-                symmetric: bool = False) -> Any:
-    """The QDQ model a bundle ships: ``int8_nodes`` quantized in the smoothed float model, and the
-    smoothing that only float layers read taken out again."""
+                symmetric: bool = False, blocks: set[str] = frozenset()) -> Any:
+    """The QDQ model a bundle ships: ``int8_nodes`` quantized in the smoothed float model, the
+    smoothing that only the other layers read taken out again, and ``blocks`` of those given int8
+    weight blocks (``int8_weight_blocks``)."""
     model, _ = qdq_model(smoothed, ranges, int8_nodes, symmetric)
     drop_idle_smoothing(model, original)
+    int8_weight_blocks(model, blocks)
     return model
 
 
@@ -298,7 +337,8 @@ def judgement_caveat(figures: dict[str, Any]) -> str | None:
 
 
 def search_float_layers(ranked: list[dict[str, Any]], trial: Callable[[set[str]], dict[str, Any]],
-                        budget: Budget, progress: Progress) -> tuple[int, dict[str, Any], list[dict[str, Any]], str]:
+                        budget: Budget, progress: Progress, judged: str | None = None
+                        ) -> tuple[int, dict[str, Any], list[dict[str, Any]], str]:
     """The fewest most-sensitive layers to keep in float for the budget (doubling, then bisection).
 
     The budget is judged by the first of ``JUDGEMENTS`` that the judging samples can show with
@@ -306,7 +346,8 @@ def search_float_layers(ranked: list[dict[str, Any]], trial: Callable[[set[str]]
     on the bound with none (when the samples show it only with no answer changed: the bundles'
     gates need exactly that), else on point estimates. Returns that number, its effect, every
     configuration tried, and the judgement's name. When nothing meets the budget, the
-    configuration with the fewest expected changes is returned.
+    configuration with the fewest expected changes is returned. ``judged`` names the judgement
+    to use instead (a second search within the first's float layers keeps the first's).
     """
     tried: dict[int, dict[str, Any]] = {}
 
@@ -317,8 +358,9 @@ def search_float_layers(ranked: list[dict[str, Any]], trial: Callable[[set[str]]
             tried[k] = trial({s["node"] for s in ranked[:k]})
         return tried[k]
 
-    judged = next((name for name, rule in JUDGEMENTS.items()
-                   if meets(effect_of(0), budget, **rule) or meets(effect_of(len(ranked)), budget, **rule)), "point")
+    judged = judged or next((name for name, rule in JUDGEMENTS.items()
+                             if meets(effect_of(0), budget, **rule) or meets(effect_of(len(ranked)), budget, **rule)),
+                            "point")
 
     def keeps(e: dict[str, Any]) -> bool:
         return meets(e, budget, **JUDGEMENTS[judged])
@@ -417,7 +459,7 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
         progress("each layer's own SNR (one pass)")
     snr = local_snr(model, int8, nodes, (probe_rows or judge.rows)[:32], encoder)
     search = _Search(trial_base, ranges, all_nodes, judge, encoder, onnx_logits(model, judge.rows, encoder), budget,
-                     progress)
+                     progress, original)
     forced = forced_float | forced_int8  # not ranked
     kl = search.kl_alone([n for n in nodes if n.node not in forced])
     sensitivity = sorted(({"layer": n.layer, "node": n.node, "op": n.op, "kl_alone": kl.get(n.node),
@@ -425,7 +467,11 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
                          key=lambda s: (-(s["kl_alone"] or 0.0), s["local_snr_db"], s["node"]))
     ranked = [s for s in sensitivity if s["node"] not in forced]
     float_nodes, chosen, steps, judged = search.float_layers(ranked, set(forced_float))
-    final = _int8_model(model, original, ranges, all_nodes - float_nodes)
+    blocks, blocks_effect, block_steps = set(), None, []
+    if meets(chosen, budget, **JUDGEMENTS[judged]):
+        blocks, blocks_effect, block_steps = search.weight_blocks(float_nodes - forced_float, ranked, judged)
+    chosen = blocks_effect or chosen
+    final = _int8_model(model, original, ranges, all_nodes - float_nodes, blocks=blocks)
     log.debug("calibration: ranges in %.1f s, %d of %d layers kept float", observed - start, len(float_nodes),
               len(all_nodes))
     out = workdir / "model.int8.onnx"
@@ -434,7 +480,9 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
         progress("layer-by-layer divergence of the int8 model")
     divergence = layer_divergence(model, final, judge.rows[:16], encoder, {n.node for n in nodes} - float_nodes)
     quantized = [n for n in nodes if n.node not in float_nodes]
-    float_layers = [{**s, "forced": s["node"] in forced_float} for s in sensitivity if s["node"] in float_nodes]
+    float_layers = [{**s, "forced": s["node"] in forced_float,
+                     "weights": f"int8, blocks of {WEIGHT_BLOCK}" if s["node"] in blocks else "float"}
+                    for s in sensitivity if s["node"] in float_nodes]
     return Calibration(
         model=out,
         float_model=model,
@@ -442,6 +490,7 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
         quantized_nodes=[n.node for n in nodes],
         search=search,
         forced_int8=frozenset(forced_int8),
+        blocks=frozenset(blocks),
         ranges=_ranges_document(method, ranges, activation_qparams(final), quantized, tables),
         float_layers=float_layers,
         sensitivity=sensitivity,
@@ -453,6 +502,8 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
             "quantized_layers": len(quantized), "quantizable_layers": len(nodes),
             "forced_float": sorted(forced_float), "forced_int8": sorted(forced_int8),
             "judged_effect": chosen, "judged_by": judged, "search": steps,
+            # the search's steps count the layers kept whole float; the others take int8 weight blocks
+            "weight_blocks": {"layers": len(blocks), "block": WEIGHT_BLOCK, "search": block_steps},
             "budget": {"min_agreement": budget.min_agreement, "max_accuracy_drop": budget.max_accuracy_drop,
                        "confidence": budget.confidence,
                        "samples_to_show": samples_to_show(budget.min_agreement, budget.confidence)},
