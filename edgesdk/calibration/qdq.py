@@ -262,10 +262,16 @@ def int8_weight_blocks(model, nodes: set[str]) -> None:
     from onnx import helper, numpy_helper
 
     weights = {i.name: i for i in model.graph.initializer}
+    done: set[str] = set()  # a weight two of the nodes share is written once
     ordered = []
     for node in model.graph.node:
         if node.name in nodes and node.input[1] in weights:
             name = node.input[1]
+            node.input[1] = f"{name}_blocks_dequantized"
+            if name in done:
+                ordered.append(node)
+                continue
+            done.add(name)
             w = numpy_helper.to_array(weights[name]).astype(np.float32)
             blocks = w.reshape(w.shape[0] // WEIGHT_BLOCK, WEIGHT_BLOCK, w.shape[1])
             scale = np.maximum(np.abs(blocks).max(1), 1e-12).astype(np.float32) / 127
@@ -275,7 +281,6 @@ def int8_weight_blocks(model, nodes: set[str]) -> None:
             ordered.append(helper.make_node("DequantizeLinear", [f"{name}_blocks", f"{name}_block_scale"],
                                             [f"{name}_blocks_dequantized"], name=f"{name}_DequantizeLinear_blocks",
                                             axis=0, block_size=WEIGHT_BLOCK))
-            node.input[1] = f"{name}_blocks_dequantized"
         ordered.append(node)
     del model.graph.node[:]
     model.graph.node.extend(ordered)
