@@ -117,9 +117,7 @@ def _int8_summary(notes: dict[str, Any]) -> dict[str, Any] | None:
     return {"what": notes["int8"], "method": calibration.get("method"),
             "quantized_layers": calibration.get("quantized_layers"),
             "quantizable_layers": calibration.get("quantizable_layers"),
-            "float_layers": [{**{k: f[k] for k in ("layer", "kl_alone", "local_snr_db", "forced")},
-                              # TensorRT's symmetric model keeps every layer out of int8 float whole
-                              "weights": "float" if "symmetric" in notes else f.get("weights", "float")}
+            "float_layers": [{k: f[k] for k in ("layer", "kl_alone", "local_snr_db", "forced", "weights")}
                              for f in calibration.get("float_layers", [])],
             "judged_on": calibration.get("judged_on"), "judged_effect": calibration.get("judged_effect"),
             "judgement_caveat": judgement_caveat(calibration) if calibration else None,

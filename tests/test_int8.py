@@ -17,6 +17,8 @@ from edgesdk.runtime.runners.onnx_runner import ort_session
 
 
 def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
+    import onnx
+
     for kind in ("text", "image"):
         folder = demo_out / kind / "onnx-int8"
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -33,14 +35,22 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         divergence = calibration["divergence"]  # every layer output compared with the float model
         assert len(divergence["layers"]) >= calibration["quantizable_layers"]  # and attention MatMuls
         assert all(r["cosine"] > 0.9 and r["snr_db"] > 0 for r in divergence["layers"])
+        blocked = [f for f in calibration["float_layers"] if f["weights"] != "float"]
+        assert calibration["weight_blocks"]["layers"] == len(blocked)
+        assert all(f["weights"] == "int8, blocks of 32" for f in blocked)
+        if kind == "text":  # 11 of its 17 layers out of static int8 take blocks here
+            assert blocked
+        model = onnx.load(str(folder / "model.onnx"))
+        assert len(blocked) == sum(any(a.name == "block_size" for a in n.attribute) for n in model.graph.node)
+        for other in ("tensorrt-int8", "tflite-int8"):  # these keep the layers out of int8 float whole
+            notes = json.loads((demo_out / kind / other / "manifest.json").read_text())["build"]["calibration"]
+            assert all(f["weights"] == "float" for f in notes["float_layers"])
         floats = {f["layer"] for f in calibration["float_layers"]}
         assert all(not r["int8"] for r in divergence["layers"] if r["layer"] in floats)
         ranges = json.loads((folder / "ranges.json").read_text())
         quantized = [r for r in ranges["activations"].values() if r["quantized"]]
         assert quantized and all(r["scale"] > 0 and 0 <= r["zero_point"] <= 255 for r in quantized)
         assert all(r["lo"] <= 0 <= r["hi"] for r in ranges["activations"].values())
-    import onnx
-
     text_int8 = onnx.load(str(demo_out / "text" / "onnx-int8" / "model.onnx"))  # onnxruntime's integer form
     assert "MatMulIntegerToFloat" in {n.op_type for n in text_int8.graph.node}
     fp32 = (demo_out / "text" / "onnx-fp32" / "model.onnx").stat().st_size
@@ -95,6 +105,15 @@ def test_search_keeps_the_fewest_layers_in_float_that_meet_the_bound():
     kept, chosen, steps, judged = search_float_layers(ranked, _trial_table(changes), Budget(0.99), None)
     assert judged == "bound" and kept == 9 and chosen["agreeing"] == 997
     assert len(steps) < 10  # doubling then bisection, not one trial per layer
+
+
+def test_a_second_search_keeps_the_judgement_it_is_given():
+    """The weight-block search within the float layers judges as the first search did, not by what
+    its own extremes can show."""
+    ranked = [{"node": f"n{i}"} for i in range(10)]
+    changes = {k: 30 - 3 * k for k in range(11)}  # the bound allows 4 changes (kept 9); points allow 9 (kept 7)
+    kept, _, _, judged = search_float_layers(ranked, _trial_table(changes), Budget(0.99), None, judged="point")
+    assert judged == "point" and kept == 7
 
 
 def test_search_judges_on_points_when_the_data_cannot_show_the_bound():

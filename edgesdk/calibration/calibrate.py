@@ -230,9 +230,11 @@ class Calibration:
                         str(out))
         return out
 
-    def summary(self) -> dict[str, Any]:
-        """What the manifest and report say about this calibration."""
-        return {"met_budget": self.met_budget, "float_layers": self.float_layers,
+    def summary(self, weight_blocks: bool = True) -> dict[str, Any]:
+        """What the manifest and report say about this calibration; without ``weight_blocks`` (a
+        target that keeps every layer out of int8 float whole) no float layer has int8 weights."""
+        float_layers = self.float_layers if weight_blocks else [{**f, "weights": "float"} for f in self.float_layers]
+        return {"met_budget": self.met_budget, "float_layers": float_layers,
                 "sensitivity": self.sensitivity, **self.figures}
 
 

@@ -117,7 +117,7 @@ class TfliteTarget(Target):
             shutil.copyfile(float_model, out)
             return notes
         calibration = artifacts.calibration()
-        notes.update(self._quantize(float_model, out, artifacts), calibration=calibration.summary())
+        notes.update(self._quantize(float_model, out, artifacts), calibration=calibration.summary(weight_blocks=False))
         return notes
 
     def _quantize(self, float_model: Path, out: Path, artifacts: Any) -> dict[str, Any]:
