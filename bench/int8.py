@@ -16,7 +16,9 @@ its onnx bundle ships (``edgesdk.targets.onnx_integer``) and its QDQ model in Op
 are recorded.
 
 Usage: python bench/int8.py [--sets sst2,banking77,sms_spam,ag_news] [--e5 sms_spam] [--rounds N] [--resume]
-Writes bench/results/int8.json.
+    [--results NAME]
+Writes bench/results/int8.json (``--results int8_avx2``: bench/results/int8_avx2.json, for a run on
+another kind of CPU beside the one the README quotes).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_flags, peak_rss_mb, print_table, write_results  # noqa: E402
 from finetune import finetuned, load_set  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "int8.json"
 PEERS = ("ort_quantize_dynamic", "ort_quantize_static", "nncf_transformer")
 ALL_INT8 = "_all_int8"  # an edgesdk configuration with every layer int8
 
@@ -207,7 +208,8 @@ def main() -> None:
     parser.add_argument("--methods", default="mse", help="edgesdk range methods (mse, minmax, percentile, entropy)")
     parser.add_argument("--rounds", type=int, default=4, help="latency rounds (20 timed runs per model each)")
     parser.add_argument("--resume", action="store_true",
-                        help="keep the other sets of bench/results/int8.json (measured on a CPU with the same flags)")
+                        help="keep the other sets of the results file (measured on a CPU with the same flags)")
+    parser.add_argument("--results", default="int8", help="results name: bench/results/NAME.json")
     parser.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -217,14 +219,15 @@ def main() -> None:
     flags = cpu_flags()
     runs = [(s, "minilm") for s in args.sets.split(",") if s] + ([(args.e5, "e5")] if args.e5 else [])
     results: dict[str, dict] = {"cpu_flags": flags}
-    if args.resume and RESULTS.is_file() and json.loads(RESULTS.read_text())["cpu_flags"] == flags:
-        results = json.loads(RESULTS.read_text())
+    earlier = Path(__file__).resolve().parent / "results" / f"{args.results}.json"
+    if args.resume and earlier.is_file() and json.loads(earlier.read_text())["cpu_flags"] == flags:
+        results = json.loads(earlier.read_text())
     for set_name, base in runs:
         with tempfile.TemporaryDirectory() as tmp:
             results[f"{base}-{set_name}"] = bench_set(set_name, base, args.methods.split(","), args.rounds, Path(tmp))
         _print(f"{base}-{set_name}", results[f"{base}-{set_name}"])
-        write_results("int8", results)  # after each set, so a stopped run keeps the sets it finished
-    print(f"\nCPU flags: {' '.join(flags)}; wrote {write_results('int8', results)}")
+        write_results(args.results, results)  # after each set, so a stopped run keeps the sets it finished
+    print(f"\nCPU flags: {' '.join(flags)}; wrote {write_results(args.results, results)}")
 
 
 if __name__ == "__main__":
