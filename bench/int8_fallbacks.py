@@ -98,23 +98,20 @@ def _nbits(model, nodes: set[str]):
     return quantizer.model.model
 
 
-def forms(set_name: str, base: str, work: Path) -> tuple[dict, dict[str, Path], Path, int]:
-    """Calibrate once; write every form; returns the calibration's figures, the models (onnxruntime's
-    integer form; ``ov:`` the QDQ models OpenVINO reads), fp32 and the count of layers out of int8."""
+def forms(folder: Path, calibration: list[tuple[str, int]], fp32: Path, judge_rows, judge_labels, work: Path
+          ) -> tuple[dict, dict[str, Path], int]:
+    """Calibrate ``fp32`` once on the ``calibration`` texts, judged on ``judge_rows``; write every
+    form; returns the calibration's figures, the models (onnxruntime's integer form; ``ov:`` the QDQ
+    models OpenVINO reads) and the count of layers out of int8."""
     import dataclasses
 
     import onnx
 
     from edgesdk.calibration import Judge, calibrate
     from edgesdk.calibration.qdq import qdq_model
-    from edgesdk.converters.export import export_onnx
     from edgesdk.targets.onnx_integer import integer_matmuls
 
-    folder = finetuned(set_name, base)
-    fp32 = export_onnx(_classifier(folder), work / "fp32.onnx")
-    _, _, calibration, verification, _ = load_set(set_name)
     encoder, rows, labels = _rows(folder, calibration)
-    _, judge_rows, judge_labels = _rows(folder, verification)
     result = calibrate(fp32, rows, labels, encoder, work / "calibration", "mse",
                        judge=Judge(judge_rows, judge_labels, "verification split"))
     float_nodes = {f["node"] for f in result.float_layers}
@@ -130,7 +127,7 @@ def forms(set_name: str, base: str, work: Path) -> tuple[dict, dict[str, Path], 
     for form, model in models.items():
         paths[form] = work / f"{form}.onnx"
         onnx.save_model(model, str(paths[form]))
-    return result.figures, paths, fp32, len(float_nodes)
+    return result.figures, paths, len(float_nodes)
 
 
 def bench(set_name: str, base: str, rounds: int, work: Path) -> dict:
@@ -138,14 +135,17 @@ def bench(set_name: str, base: str, rounds: int, work: Path) -> dict:
 
     from edgesdk.calibration.calibrate import JUDGEMENTS, Budget, effect, meets
     from edgesdk.calibration.onnx_run import onnx_logits
+    from edgesdk.converters.export import export_onnx
 
-    figures, paths, fp32, float_count = forms(set_name, base, work)
     folder = finetuned(set_name, base)
-    _, _, _, verification, test = load_set(set_name)
+    fp32 = export_onnx(_classifier(folder), work / "fp32.onnx")
+    _, _, calibration, verification, test = load_set(set_name)
     encoder, verify_rows, verify_labels = _rows(folder, verification)
     _, test_rows, test_labels = _rows(folder, test)
-    reference = {"verification": onnx_logits(onnx.load(str(fp32)), verify_rows, encoder),
-                 "test": onnx_logits(onnx.load(str(fp32)), test_rows, encoder)}
+    figures, paths, float_count = forms(folder, calibration, fp32, verify_rows, verify_labels, work)
+    float_model = onnx.load(str(fp32))
+    reference = {"verification": onnx_logits(float_model, verify_rows, encoder),
+                 "test": onnx_logits(float_model, test_rows, encoder)}
     latency = _latency_ms({"fp32": fp32, "ov:fp32": fp32, **paths}, rounds)
     table = {}
     for form, path in paths.items():

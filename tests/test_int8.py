@@ -38,7 +38,7 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         blocked = [f for f in calibration["float_layers"] if f["weights"] != "float"]
         assert calibration["weight_blocks"]["layers"] == len(blocked)
         assert all(f["weights"] == "int8, blocks of 32" for f in blocked)
-        if kind == "text":  # 11 of its 17 layers out of static int8 take blocks here
+        if kind == "text":  # some of its layers out of static int8 keep the budget with blocks
             assert blocked
         model = onnx.load(str(folder / "model.onnx"))
         assert len(blocked) == sum(any(a.name == "block_size" for a in n.attribute) for n in model.graph.node)

@@ -259,6 +259,8 @@ def int8_weight_blocks(model, nodes: set[str]) -> None:
     per tensor, so a layer too sensitive for static int8 often keeps the budget this way, at a
     quarter of its float bytes (plus its scales) and, in OpenVINO, at int8 speed (MiniLM SST-2:
     0.52-0.53x fp32's time against 0.66-0.84x with those layers float, ``bench/int8_fallbacks.py``)."""
+    if not nodes:
+        return
     from onnx import helper, numpy_helper
 
     weights = {i.name: i for i in model.graph.initializer}
