@@ -55,7 +55,7 @@ from .qdq import (
 )
 from .ranges import RANGE_METHODS, activation_range
 from .sensitivity import local_snr
-from .smooth import SMOOTH_ALPHA, ChannelMax, drop_idle_smoothing, smooth_model, smoothable
+from .smooth import SMOOTH_ALPHA, ChannelMax, drop_idle_smoothing, smooth_model, smoothable, smoothing_scale
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,7 @@ class Calibration:
     search: _Search | None = field(default=None, repr=False)
     forced_int8: frozenset[str] = frozenset()
     blocks: frozenset[str] = frozenset()
+    smoothing: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # layer: its input's divisor
     _symmetric: dict[str, Any] | None = field(default=None, repr=False)
 
     def symmetric(self) -> dict[str, Any]:
@@ -404,17 +405,20 @@ def _observe(model: Any, rows: list, encoder, names: list[str], channels: set[st
 
 
 def _smoothed(model: Any, nodes: list[QuantNode], rows: list, encoder, alpha: float,
-              progress: Progress) -> tuple[Any, list[QuantNode], int]:
-    """The float model with activation outliers migrated into weights, its quantizable nodes, and
-    how many activations were smoothed."""
+              progress: Progress) -> tuple[Any, list[QuantNode], dict[str, np.ndarray], int]:
+    """The float model with activation outliers migrated into weights, its quantizable nodes, the
+    smoothing scale of each layer whose input was smoothed (by layer name), and how many
+    activations were smoothed."""
     if alpha <= 0:
-        return model, nodes, 0
+        return model, nodes, {}, 0
     groups = smoothable(model, nodes)
     if not groups:
-        return model, nodes, 0
+        return model, nodes, {}, 0
     _, maxima = _observe(model, rows, encoder, [], set(groups), progress)
     smoothed, renamed = smooth_model(model, groups, maxima, alpha)
-    return smoothed, quantizable_nodes(smoothed), len(renamed)
+    scales = {q.layer: smoothing_scale(maxima[activation], alpha) for activation in renamed
+              for q in groups[activation]}
+    return smoothed, quantizable_nodes(smoothed), scales, len(renamed)
 
 
 def _judge(judge: Judge | None, rows: list, labels: np.ndarray) -> tuple[list, list, Judge]:
@@ -448,8 +452,8 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
     range_rows, probe_rows, judge = _judge(judge, rows, labels)
     original = onnx.load(str(fp32))
     forced_float, forced_int8 = choice.resolve(quantizable_nodes(original))
-    model, nodes, smoothed = _smoothed(original, quantizable_nodes(original), range_rows, encoder, smooth_alpha,
-                                       progress)
+    model, nodes, smoothing, smoothed = _smoothed(original, quantizable_nodes(original), range_rows, encoder,
+                                                  smooth_alpha, progress)
     activations = sorted({n.activation for n in nodes})
     histograms, _ = _observe(model, range_rows, encoder, activations, set(), progress)
     ranges = {name: activation_range(histograms[name], method) for name in activations}
@@ -493,6 +497,7 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
         search=search,
         forced_int8=frozenset(forced_int8),
         blocks=frozenset(blocks),
+        smoothing=smoothing,
         ranges=_ranges_document(method, ranges, activation_qparams(final), quantized, tables),
         float_layers=float_layers,
         sensitivity=sensitivity,

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ChannelMax", "smoothable", "smooth_model", "drop_idle_smoothing", "SMOOTH_ALPHA"]
+__all__ = ["ChannelMax", "smoothable", "smooth_model", "smoothing_scale", "drop_idle_smoothing", "SMOOTH_ALPHA"]
 
 SMOOTH_ALPHA = 0.75
 _SCALE_CLIP = (1e-4, 1e4)
@@ -77,6 +77,13 @@ def smoothable(model: Any, nodes: list) -> dict[str, list]:
     return groups
 
 
+def smoothing_scale(channel_max: np.ndarray, alpha: float = SMOOTH_ALPHA) -> np.ndarray:
+    """Each channel's divisor: outlier channels (max |x| above the median channel's) shrink, the
+    others stay as they are."""
+    scale = np.maximum(channel_max / max(float(np.median(channel_max)), 1e-12), 1.0) ** alpha
+    return np.clip(scale, *_SCALE_CLIP).astype(np.float32)
+
+
 def smooth_model(model: Any, groups: dict[str, list], channel_max: dict[str, np.ndarray],
                  alpha: float = SMOOTH_ALPHA) -> tuple[Any, dict[str, str]]:
     """A float model equal to ``model`` with each group's activation divided by its smoothing scale.
@@ -105,8 +112,7 @@ def smooth_model(model: Any, groups: dict[str, list], channel_max: dict[str, np.
         rows = [_weight_rows(n, numpy_helper.to_array(constants[n.input[1]])) for n in consumers]
         if amax is None or any(r is None or r.shape[0] != amax.shape[0] for r in rows):
             continue
-        scale = np.clip(np.maximum(amax / max(float(np.median(amax)), 1e-12), 1.0) ** alpha, *_SCALE_CLIP)
-        scale = scale.astype(np.float32)
+        scale = smoothing_scale(amax, alpha)
         smoothed = f"{activation}.smooth"
         if uses.get(activation) == len(consumers) and activation not in outputs and (
                 _fold_into_factor(graph, activation, 1 / scale, producers, constants, uses)

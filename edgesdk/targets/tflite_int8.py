@@ -10,6 +10,10 @@ TensorRT int8 bundles are built from):
   ``entropy``...) turns each into [lo, hi]. The .tflite's ops are not the ONNX graph's
   (LiteRT fuses activations into convolutions; an int8 op has an int8 output), so its tensors
   are its own; the method and the samples are the calibration's.
+- **Smoothing**: where calibration migrated activation outliers into weights (SmoothQuant), the
+  same scales are written into the PyTorch model that the float .tflite quantized here is
+  converted from (``litert_smoothing``; ``TfliteTarget``), so LiteRT's int8 layers read the
+  inputs the ONNX int8 layers read.
 - **Which ops**: image models every op; text models only the layers with weights (every op
   int8 cost MiniLM 13 points of agreement, the weight layers alone about three).
 - **Float layers**: each layer edgesdk kept float is found in the .tflite by its weight (the

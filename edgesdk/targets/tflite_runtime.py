@@ -21,8 +21,9 @@ int8: the first of ai-edge-quantizer's recipes that keeps the int8 budget, judge
 calibration judges (on the verification data when given):
 
 - ``full_integer``: int8 weights per channel and int8 activations with calibrated ranges, built
-  from edgesdk's calibration (``tflite_int8``): the same range method over the same samples
-  (every signature calibrated), and the same layers kept float (found by their weights; what
+  from edgesdk's calibration (``tflite_int8``): the same smoothing (converted from the PyTorch
+  model with calibration's scales written in, ``litert_smoothing``), the same range method over
+  the same samples (every signature calibrated), and the same layers kept float (found by their weights; what
   reads a float model output stays float too), plus as many of calibration's next most
   sensitive layers as the budget needs (a LiteRT int8 layer also rounds its output to int8),
   chosen by calibration's own search (``float_layers_added``, ``float_layer_search``). Image
@@ -33,7 +34,12 @@ calibration judges (on the verification data when given):
   (``bench/tflite_int8.py``, 2000 test texts, AVX-512 VNNI CPU, 128 tokens): every op int8
   kept 86.9% top-1 agreement; the weight layers alone 97.2% at dynamic range's speed (6.7
   against 6.9 ms), 98.6% with calibration's float layers (9.5 ms); 16-bit activations 100%,
-  but 25x slower than fp32 on XNNPACK, so not offered.
+  but 25x slower than fp32 on XNNPACK, so not offered. A full-integer model that keeps the
+  budget only with more than half its layers float (``MAX_FLOAT_SHARE``) is passed over for the
+  next recipe that keeps it, the reason in ``recipes_tried``: no integer-only accelerator runs it,
+  and it is barely smaller than fp32 (measured: the demo's topic MiniLM on an AVX2-only CPU kept
+  the budget with 37 of 38 layers float, 43.9 MB against 48.4 MB); it ships only when no other
+  recipe keeps the budget.
 - ``dynamic_range``: int8 weights per channel, activations quantized by the kernels at run time.
 - ``weight_only``: int8 weights, float compute.
 
@@ -54,6 +60,7 @@ from edgesdk.runtime.encode import in_row_order
 from edgesdk.runtime.runner import import_runtime
 
 from .base import TARGETS, Target
+from .litert_smoothing import smoothed_model
 from .tflite_int8 import FullInteger, builtin_op_names, float_layer_weights
 
 __all__ = ["TfliteTarget", "convert_signatures", "sequence_lengths"]
@@ -67,6 +74,8 @@ RECIPES = {  # edgesdk's name: (ai-edge-quantizer's recipe, what it is)
     "weight_only": ("weight_only_wi8_afp32", "weight-only: int8 weights per channel, float compute"),
 }
 
+
+MAX_FLOAT_SHARE = 0.5  # a full-integer model with more of its layers float gives way to dynamic range
 
 SIGNATURES = 4  # sequence lengths of a text model: max_length, and halved down to MIN_LENGTH
 MIN_LENGTH = 8
@@ -122,7 +131,8 @@ class TfliteTarget(Target):
 
     def _quantize(self, float_model: Path, out: Path, artifacts: Any) -> dict[str, Any]:
         """The first recipe that keeps the int8 budget against the float model, judged as edgesdk's
-        calibration judges (on the verification data when given)."""
+        calibration judges (on the verification data when given); a mostly float full integer
+        (``_mostly_float``) only when no other recipe does."""
         from ai_edge_quantizer import quantizer, recipe
 
         from edgesdk.calibration import held_aside
@@ -152,6 +162,7 @@ class TfliteTarget(Target):
             return effect(reference, logits_of(model), labels)
 
         tried, chosen, extra, judgement = [], "", {}, "bound"
+        mostly_float, fallback = artifacts.workdir / "model.mostly_float.tflite", None  # full integer, kept in reserve
         for chosen in RECIPES:
             if chosen == "full_integer":
                 e, extra, judgement = self._full_integer(float_model, out, artifacts, calibrating, judged)
@@ -163,8 +174,18 @@ class TfliteTarget(Target):
                 e, extra = judged(out), {}
             tried.append({"recipe": chosen, "agreeing": e["agreeing"], "samples": e["samples"],
                           "expected_changes": e["expected_changes"]})
-            if meets(e, plan.budget, **JUDGEMENTS[judgement]):
+            if not meets(e, plan.budget, **JUDGEMENTS[judgement]):
+                continue
+            passed_over = _mostly_float(extra, len(calibration.quantized_nodes)) if chosen == "full_integer" else None
+            if passed_over is None:
                 break
+            tried[-1]["passed_over"] = passed_over
+            shutil.copyfile(out, mostly_float)
+            fallback = (extra, judgement)
+        else:
+            if fallback is not None:  # no other recipe kept the budget: the mostly float full integer ships
+                chosen, (extra, judgement) = "full_integer", fallback
+                shutil.copyfile(mostly_float, out)
         ranges_used = (f"edgesdk's {calibration.ranges['method']} ranges over edgesdk's calibration samples, taken "
                        "on this model's own tensors" if chosen == "full_integer" else
                        "computed at run time by the kernels")
@@ -187,7 +208,7 @@ class TfliteTarget(Target):
         ranked = [s for s in calibration.sensitivity if s["node"] not in base | calibration.forced_int8]
         weights = float_layer_weights(artifacts.onnx_fp32(), [*calibration.float_layers, *ranked])
         kept = {f["layer"] for f in calibration.float_layers}
-        with self.runner(float_model, artifacts.classifier.spec) as runner:
+        with self.runner(_smoothed_float_model(artifacts, float_model), artifacts.classifier.spec) as runner:
             full = FullInteger(runner, artifacts.classifier.encoder(), items, calibration.ranges["method"], weights,
                                kept)
 
@@ -203,6 +224,30 @@ class TfliteTarget(Target):
                    "float_layer_search": [{"added": step["float_layers"], "agreeing": step["agreeing"],
                                            "samples": step["samples"], "expected_changes": step["expected_changes"]}
                                           for step in steps]}, judgement
+
+
+def _smoothed_float_model(artifacts: Any, float_model: Path) -> Path:
+    """The float .tflite with edgesdk's calibration smoothing written in (``litert_smoothing``),
+    which full integer quantizes; ``float_model`` when calibration smoothed nothing."""
+    calibration, classifier = artifacts.calibration(), artifacts.classifier
+    if not calibration.smoothing:
+        return float_model
+    out = artifacts.workdir / "model.smoothed.tflite"
+    smoothed = classifier.with_model(smoothed_model(classifier.model, calibration.smoothing))
+    convert_signatures(import_runtime("litert_torch", "tflite"), smoothed.graph().eval(), _signatures(classifier), out)
+    return out
+
+
+def _mostly_float(notes: dict[str, Any], layers: int) -> str | None:
+    """Why a full-integer model that keeps the budget is not worth shipping (more than
+    ``MAX_FLOAT_SHARE`` of its ``layers`` float: no integer accelerator runs it, and it is
+    hardly smaller or faster than fp32); None when it is."""
+    kept = len(notes.get("float_layers", []))
+    if kept <= MAX_FLOAT_SHARE * layers:
+        return None
+    return (f"it kept the budget only with {kept} of its {layers} layers float "
+            f"({len(notes.get('float_layers_added', []))} more than edgesdk's calibration): no integer-only "
+            "accelerator runs it, and it is barely smaller than fp32")
 
 
 def convert_signatures(litert_torch: Any, graph: Any, signatures: dict[str, tuple], out: Path) -> None:
