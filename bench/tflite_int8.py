@@ -7,10 +7,12 @@ verification split), and from the same float .tflite the bench writes every vari
 
 - ``dynamic_range``: ai-edge-quantizer's dynamic-range recipe;
 - ``full_integer``: edgesdk's full-integer model (its range method, its float layers; text:
-  int8 activations around the weight layers only, the other ops float);
+  int8 activations around the weight layers only, the other ops float) from the float .tflite
+  as litert-torch wrote it, without calibration's smoothing;
 - ``full_integer_all_int8``: the same with no layer kept float;
 - ``edgesdk_bundle``: the int8 bundle's own model, as the target chose it (its recipe, and for
-  full integer edgesdk's float layers plus those it added for LiteRT);
+  full integer calibration's smoothing written in, edgesdk's float layers and those it added
+  for LiteRT);
 - text only, ``full_integer_every_op``: every op int8 (softmax, LayerNorm, GELU...), no float layer;
 - text only, ``*_one_length``: fp32 and dynamic range as the bundles were before signatures
   per sequence length (one signature at max_length), for the short-text figures.
@@ -20,8 +22,9 @@ Per variant, on the test split (never used by the conversion): top-1 agreement w
 and a 128-token text, rounds alternating the variants), bytes, and the share of ops whose
 outputs are all integer tensors. CPU flags are recorded.
 
-Usage: python bench/tflite_int8.py [--rounds N]
-Writes bench/results/tflite_int8.json.
+Usage: python bench/tflite_int8.py [--rounds N] [--results NAME]
+Writes bench/results/tflite_int8.json (``--results tflite_int8_avx2``: bench/results/tflite_int8_avx2.json,
+for a run on another kind of CPU).
 """
 
 from __future__ import annotations
@@ -202,6 +205,7 @@ def _print(name: str, result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4, help="latency rounds (20 timed runs per model each)")
+    parser.add_argument("--results", default="tflite_int8", help="results name: bench/results/NAME.json")
     args = parser.parse_args()
     results: dict = {"cpu_flags": cpu_flags(), "threads": 2, "runtime": "ai-edge-litert (XNNPACK)", "models": {}}
     for name, make in (("digits_cnn", _image_case), ("minilm_sst2", _text_case)):
@@ -209,7 +213,7 @@ def main() -> None:
             work = Path(tmp)
             results["models"][name] = bench_case(make(work), work, args.rounds)
         _print(name, results["models"][name])
-    print(f"\nwrote {write_results('tflite_int8', results)}")
+    print(f"\nwrote {write_results(args.results, results)}")
 
 
 if __name__ == "__main__":

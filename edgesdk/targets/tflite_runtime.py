@@ -161,7 +161,7 @@ class TfliteTarget(Target):
         def judged(model: Path) -> dict[str, Any]:
             return effect(reference, logits_of(model), labels)
 
-        tried, chosen, extra, judgement = [], "", {}, "bound"
+        tried, chosen, extra, judgement, caveat = [], "", {}, "bound", ""
         mostly_float, fallback = artifacts.workdir / "model.mostly_float.tflite", None  # full integer, kept in reserve
         for chosen in RECIPES:
             if chosen == "full_integer":
@@ -185,11 +185,12 @@ class TfliteTarget(Target):
         else:
             if fallback is not None:  # no other recipe kept the budget: the mostly float full integer ships
                 chosen, (extra, judgement) = "full_integer", fallback
+                caveat = f", shipped as no other recipe kept the budget, though {tried[0]['passed_over']}"
                 shutil.copyfile(mostly_float, out)
         ranges_used = (f"edgesdk's {calibration.ranges['method']} ranges over edgesdk's calibration samples, taken "
                        "on this model's own tensors" if chosen == "full_integer" else
                        "computed at run time by the kernels")
-        return {"int8": RECIPES[chosen][1], "recipe": chosen, "quantizer": "ai-edge-quantizer",
+        return {"int8": RECIPES[chosen][1] + caveat, "recipe": chosen, "quantizer": "ai-edge-quantizer",
                 "recipes_tried": tried, "judged_on": judged_on, "judged_by": judgement,
                 "activation_ranges": ranges_used, **extra,
                 **(_integer_only(out) if chosen == "full_integer" else {"integer_only": False})}
@@ -208,7 +209,7 @@ class TfliteTarget(Target):
         ranked = [s for s in calibration.sensitivity if s["node"] not in base | calibration.forced_int8]
         weights = float_layer_weights(artifacts.onnx_fp32(), [*calibration.float_layers, *ranked])
         kept = {f["layer"] for f in calibration.float_layers}
-        with self.runner(_smoothed_float_model(artifacts, float_model), artifacts.classifier.spec) as runner:
+        with self.runner(_smoothed_float_model(artifacts, float_model, kept), artifacts.classifier.spec) as runner:
             full = FullInteger(runner, artifacts.classifier.encoder(), items, calibration.ranges["method"], weights,
                                kept)
 
@@ -226,14 +227,16 @@ class TfliteTarget(Target):
                                           for step in steps]}, judgement
 
 
-def _smoothed_float_model(artifacts: Any, float_model: Path) -> Path:
-    """The float .tflite with edgesdk's calibration smoothing written in (``litert_smoothing``),
-    which full integer quantizes; ``float_model`` when calibration smoothed nothing."""
-    calibration, classifier = artifacts.calibration(), artifacts.classifier
-    if not calibration.smoothing:
+def _smoothed_float_model(artifacts: Any, float_model: Path, kept: set[str]) -> Path:
+    """The float .tflite with edgesdk's calibration smoothing written in (``litert_smoothing``)
+    for the layers that may be int8 (not those of ``kept``, which stay float), which full integer
+    quantizes; ``float_model`` when there are none."""
+    classifier = artifacts.classifier
+    scales = {layer: s for layer, s in artifacts.calibration().smoothing.items() if layer not in kept}
+    if not scales:
         return float_model
     out = artifacts.workdir / "model.smoothed.tflite"
-    smoothed = classifier.with_model(smoothed_model(classifier.model, calibration.smoothing))
+    smoothed = classifier.with_model(smoothed_model(classifier.model, scales))
     convert_signatures(import_runtime("litert_torch", "tflite"), smoothed.graph().eval(), _signatures(classifier), out)
     return out
 
