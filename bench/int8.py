@@ -133,10 +133,10 @@ def _latency_ms(models: dict[str, Path], rounds: int) -> dict[str, float]:
     for _ in range(rounds):
         for name, path in models.items():
             if name.startswith("ov:"):
-                import openvino as ov
+                from edgesdk.runtime.runners import openvino_core
 
-                compiled = ov.Core().compile_model(ov.Core().read_model(str(path)), "CPU",
-                                                   {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"})
+                config = {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"}
+                compiled = openvino_core().compile_model(str(path), "CPU", config)
                 feeds = _feeds([p.get_any_name() for p in compiled.inputs])
                 run = partial(compiled.create_infer_request().infer, feeds)
             else:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesdk.runtime.runner import import_runtime
+from edgesdk.runtime.runners import openvino_core
 
 from .base import TARGETS, Target
 
@@ -45,7 +46,7 @@ class OpenVinoTarget(Target):
             source = calibration.model
             notes.update(int8="edgesdk's QDQ model: FakeQuantize on uint8 activations, int8 per-channel weights, "
                               "int8 embedding rows", **self.write_ranges(calibration, folder))
-        model = ov.Core().read_model(str(source))
+        model = openvino_core().read_model(str(source))
         _stable_names(model)
         ov.save_model(model, str(folder / self.model_file), compress_to_fp16=False)
         return notes

@@ -8,12 +8,12 @@ importing them never imports torch or a runtime (each runtime is imported on ``a
 from ...registry import Registry
 from ..runner import Runner
 from .onnx_runner import OnnxRuntimeRunner
-from .openvino_runner import OpenVinoRunner
+from .openvino_runner import OpenVinoRunner, openvino_core
 from .tensorrt_runner import BUILD_SCRIPT, TensorRtRunner, tensorrt_unavailable_reason
 from .tflite_runner import TfliteRunner
 
 __all__ = ["RUNNERS", "OnnxRuntimeRunner", "OpenVinoRunner", "TensorRtRunner", "TfliteRunner",
-           "tensorrt_unavailable_reason", "BUILD_SCRIPT"]
+           "tensorrt_unavailable_reason", "BUILD_SCRIPT", "openvino_core"]
 
 RUNNERS: Registry[type[Runner]] = Registry("runtime")
 for _name, _runner in (("onnx", OnnxRuntimeRunner), ("tflite", TfliteRunner), ("openvino", OpenVinoRunner),
