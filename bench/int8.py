@@ -78,7 +78,7 @@ def quantize(config: str, folder: Path, set_name: str, fp32: Path, out: Path) ->
         import onnx
 
         from edgesdk.calibration import Judge, LayerChoice, calibrate
-        from edgesdk.targets.onnx_integer import integer_matmuls
+        from edgesdk.targets.onnx_integer import onnxruntime_form
 
         _, judge_rows, judge_labels = _rows(folder, verification)
         method = config.removeprefix("edgesdk_").removesuffix(ALL_INT8)
@@ -86,7 +86,7 @@ def quantize(config: str, folder: Path, set_name: str, fp32: Path, out: Path) ->
         result = calibrate(fp32, rows, labels, encoder, out.parent / f"work-{config}", method,
                            judge=Judge(judge_rows, judge_labels, "verification split"), choice=choice)
         shutil.copyfile(result.model, _qdq(out))  # what the OpenVINO bundle is built from
-        onnx.save_model(integer_matmuls(onnx.load(str(result.model))), str(out))  # what the onnx bundle ships
+        onnx.save_model(onnxruntime_form(onnx.load(str(result.model))), str(out))  # what the onnx bundle ships
         figures.update(float_layers=len(result.float_layers), weight_blocks=len(result.blocks),
                        met_budget=float(result.met_budget))
     elif config == "ort_quantize_dynamic":

@@ -109,7 +109,7 @@ def forms(folder: Path, calibration: list[tuple[str, int]], fp32: Path, judge_ro
 
     from edgesdk.calibration import Judge, calibrate
     from edgesdk.calibration.qdq import qdq_model
-    from edgesdk.targets.onnx_integer import integer_matmuls
+    from edgesdk.targets.onnx_integer import onnxruntime_form
 
     encoder, rows, labels = _rows(folder, calibration)
     result = calibrate(fp32, rows, labels, encoder, work / "calibration", "mse",
@@ -118,10 +118,10 @@ def forms(folder: Path, calibration: list[tuple[str, int]], fp32: Path, judge_ro
     ranges = {name: (r["lo"], r["hi"]) for name, r in result.ranges["activations"].items()}
     qdq = {"edgesdk": result.model,
            "float": dataclasses.replace(result, blocks=frozenset()).write_model(work / "float.qdq.onnx")}
-    whole = integer_matmuls(onnx.load(str(qdq["float"])))
+    whole = onnxruntime_form(onnx.load(str(qdq["float"])))
     every_layer, _ = qdq_model(result.float_model, ranges, set(result.quantized_nodes))
-    models = {"float": whole, "edgesdk": integer_matmuls(onnx.load(str(qdq["edgesdk"]))),
-              "static": integer_matmuls(every_layer), "dynamic": _rewrite(whole, float_nodes, "dynamic"),
+    models = {"float": whole, "edgesdk": onnxruntime_form(onnx.load(str(qdq["edgesdk"]))),
+              "static": onnxruntime_form(every_layer), "dynamic": _rewrite(whole, float_nodes, "dynamic"),
               "int8_weights": _rewrite(whole, float_nodes, "int8_weights"), "nbits8_b32": _nbits(whole, float_nodes)}
     paths = {f"ov:{form}": path for form, path in qdq.items()}
     for form, model in models.items():

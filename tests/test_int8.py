@@ -40,8 +40,9 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         assert all(f["weights"] == "int8, blocks of 32" for f in blocked)
         if kind == "text":  # some of its layers out of static int8 keep the budget with blocks
             assert blocked
-        model = onnx.load(str(folder / "model.onnx"))
-        assert len(blocked) == sum(any(a.name == "block_size" for a in n.attribute) for n in model.graph.node)
+        model = onnx.load(str(folder / "model.onnx"))  # each blocked weight int8 in the file, made float at load
+        int8_weights = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+        assert len(blocked) == sum(n.op_type == "Cast" and n.input[0] in int8_weights for n in model.graph.node)
         for other in ("tensorrt-int8", "tflite-int8"):  # these keep the layers out of int8 float whole
             notes = json.loads((demo_out / kind / other / "manifest.json").read_text())["build"]["calibration"]
             assert all(f["weights"] == "float" for f in notes["float_layers"])
@@ -197,7 +198,7 @@ def test_onnxruntime_int8_form_runs_each_matmul_and_its_bias_as_one_integer_kern
     from onnx import TensorProto, helper, numpy_helper
 
     from edgesdk.calibration.qdq import qdq_model
-    from edgesdk.targets.onnx_integer import integer_matmuls
+    from edgesdk.targets.onnx_integer import onnxruntime_form
 
     rng = np.random.default_rng(0)
     w1, w2 = rng.normal(size=(8, 16)).astype(np.float32), rng.normal(size=(16, 3)).astype(np.float32)
@@ -212,7 +213,7 @@ def test_onnxruntime_int8_form_runs_each_matmul_and_its_bias_as_one_integer_kern
          numpy_helper.from_array(rng.normal(size=16).astype(np.float32), "b1")])
     fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     qdq, _ = qdq_model(fp32, {"x": (-3.0, 3.0), "r": (0.0, 6.0)}, {"fc1", "fc2"})
-    integer = integer_matmuls(qdq)
+    integer = onnxruntime_form(qdq)
     ops = [n.op_type for n in integer.graph.node]
     assert ops.count("MatMulIntegerToFloat") == 2 and "MatMul" not in ops and "Add" not in ops
     assert "DequantizeLinear" not in ops  # the weights stay int8, read by the kernel directly
@@ -268,6 +269,39 @@ def test_int8_weight_blocks_give_a_float_matmul_one_scale_per_32_input_rows():
     assert "w" not in stored and stored["w_blocks"].dtype == np.int8 and stored["w_block_scale"].shape == (2, 8)
     got = ort_session(model.SerializeToString()).run(None, {"x": x})[0]
     assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+
+
+def test_onnxruntime_form_loads_weight_blocks_as_a_float_matmul_of_the_same_weight(tmp_path):
+    """The onnx bundle keeps a blocked layer's weight int8 in the file, and onnxruntime computes
+    its float weight once at load: a plain MatMul of exactly ``q * scale`` per block, not the
+    ``MatMulNBits`` it would fuse a blocked DequantizeLinear into (slower than float without VNNI)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesdk.calibration.qdq import int8_weight_blocks
+    from edgesdk.targets.onnx_integer import onnxruntime_form
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(96, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8])], [numpy_helper.from_array(w, "w")])
+    blocked = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    int8_weight_blocks(blocked, {"fc"})
+    stored = {i.name: numpy_helper.to_array(i) for i in blocked.graph.initializer}
+    weight = (stored["w_blocks"].reshape(3, 32, 8).astype(np.float32) * stored["w_block_scale"][:, None]).reshape(96, 8)
+    shipped = onnxruntime_form(blocked)
+    assert not any(a.name == "block_size" for n in shipped.graph.node for a in n.attribute)
+    assert numpy_helper.to_array(next(i for i in shipped.graph.initializer if i.name == "w_blocks")).dtype == np.int8
+    x = rng.normal(size=(16, 96)).astype(np.float32)
+    got = ort_session(shipped.SerializeToString()).run(None, {"x": x})[0]
+    assert np.allclose(got, x @ weight, rtol=1e-5, atol=1e-5)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    ort.InferenceSession(shipped.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    assert [n.op_type for n in onnx.load(str(tmp_path / "loaded.onnx")).graph.node] == ["MatMul"]
 
 
 def test_smoothing_is_an_exact_rewrite_folded_into_a_product_where_it_can_be():

@@ -16,8 +16,9 @@
    wherever the judging samples are enough to show it: with one changed answer charged as a
    margin for another CPU, or, where they can show it only with none changed, without one.
    The same search then keeps whole float only the fewest most sensitive of those layers; the
-   others take int8 weight blocks (``qdq.int8_weight_blocks``: int8 arithmetic with activations
-   quantized per block of 32 at run time).
+   others take int8 weight blocks (``qdq.int8_weight_blocks``: int8 weights with a scale per
+   block of 32, judged as onnxruntime's ``MatMulNBits`` runs them, with activations quantized
+   per block at run time).
 
 The result is a QDQ ONNX model and a portable ranges document (tensor -> scale, zero point,
 method) that every target's int8 bundle is built from. The float model is loaded once; every

@@ -258,7 +258,8 @@ def int8_weight_blocks(model, nodes: set[str]) -> None:
     run-time activation quantization: int8 arithmetic with a scale per 32 values instead of one
     per tensor, so a layer too sensitive for static int8 often keeps the budget this way, at a
     quarter of its float bytes (plus its scales) and, in OpenVINO, at int8 speed (MiniLM SST-2:
-    0.52-0.53x fp32's time against 0.66-0.84x with those layers float, ``bench/int8_fallbacks.py``)."""
+    0.52-0.53x fp32's time against 0.66-0.84x with those layers float, ``bench/int8_fallbacks.py``).
+    The onnx bundle ships them folded to float at load instead (``targets.onnx_integer``)."""
     if not nodes:
         return
     from onnx import helper, numpy_helper

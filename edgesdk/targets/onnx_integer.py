@@ -1,4 +1,5 @@
-"""onnxruntime's integer form of a QDQ model: each quantized MatMul and its bias in one kernel.
+"""onnxruntime's form of a QDQ model: each quantized MatMul and its bias in one kernel, and
+weight blocks dequantized once at load.
 
 onnxruntime turns ``DequantizeLinear -> MatMul`` into its ``MatMulIntegerToFloat`` kernel, but
 leaves the bias ``Add`` that follows as a separate pass over the output (its QDQ fusion has no
@@ -9,6 +10,17 @@ the order of the float additions differs) with one node: measured on MiniLM at s
 2 threads, the all-int8 model ran in 0.60-0.64x fp32's time against 0.63-0.68x as QDQ. The
 QDQ model stays what the other runtimes' int8 bundles are built from; this form is
 onnxruntime's own (onnxruntime-web's WebAssembly build registers the kernel too).
+
+A layer calibration gave int8 weight blocks (``qdq.int8_weight_blocks``) is written as
+``Cast -> Reshape -> Mul -> Reshape`` of its int8 weight and block scales: the same float
+weight, which onnxruntime's constant folding computes once when it loads the model, so the
+file keeps int8 bytes and the layer runs as a float MatMul. Left as a blocked
+``DequantizeLinear``, onnxruntime fuses it into its 8-bit ``MatMulNBits``, which quantizes
+the activations per block at run time: a 128 x 384 x 1536 MatMul ran 1.3-2x slower than float
+on an AVX2-only CPU (no VNNI), MiniLM SST-2 with 9 such layers 1.48x fp32's time against 1.01x
+with every layer static int8, where on an AVX-512 VNNI CPU ``MatMulNBits`` saved 4% of the
+model's time over float layers (``bench/int8_fallbacks.py``). A bundle runs on whatever CPU
+loads it, so its blocks take the form that is never slower than float.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ import numpy as np
 
 from edgesdk.calibration.qdq import prune_unused, readers
 
-__all__ = ["integer_matmuls"]
+__all__ = ["onnxruntime_form"]
 
 MS_DOMAIN = "com.microsoft"
 
@@ -62,10 +74,11 @@ def _integer_inputs(node: Any, producers: dict[str, Any], constants: dict[str, A
     return [activation[0], weight[0], activation[1], weight[1], activation[2], weight[2]]
 
 
-def integer_matmuls(qdq: Any) -> Any:
+def onnxruntime_form(qdq: Any) -> Any:
     """A copy of the QDQ ``qdq`` (an onnx.ModelProto) where every MatMul reading a per-tensor
     uint8 activation and a 2-D int8 weight through DequantizeLinear, and the bias Add after it,
-    are one ``MatMulIntegerToFloat``."""
+    are one ``MatMulIntegerToFloat``, and every weight block dequantization is folded at load
+    (``_fold_weight_blocks``)."""
     import onnx
     from onnx import helper
 
@@ -95,9 +108,41 @@ def integer_matmuls(qdq: Any) -> Any:
                 fused.add(output)
         nodes.append(helper.make_node("MatMulIntegerToFloat", inputs, [output], name=node.name, domain=MS_DOMAIN))
     del graph.node[:]
-    graph.node.extend(nodes)
+    graph.node.extend(_fold_weight_blocks(nodes, model))
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     prune_unused(model)
     onnx.checker.check_model(model)
     return model
+
+
+def _fold_weight_blocks(nodes: list[Any], model: Any) -> list[Any]:
+    """``nodes`` with each ``DequantizeLinear`` of a constant 2-D weight in blocks along its rows
+    (``qdq.int8_weight_blocks``: no zero point) written as ``Cast -> Reshape -> Mul -> Reshape``:
+    int8 rows (blocks, block, columns) times scales (blocks, 1, columns); the new constants are
+    added to ``model``."""
+    from onnx import helper, numpy_helper
+
+    constants = {i.name: i for i in model.graph.initializer}
+    out = []
+    for node in nodes:
+        block = next((a.i for a in node.attribute if a.name == "block_size"), 0)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if (node.op_type != "DequantizeLinear" or not block or axis != 0 or len(node.input) != 2
+                or node.input[0] not in constants or node.input[1] not in constants
+                or len(constants[node.input[0]].dims) != 2):
+            out.append(node)
+            continue
+        rows, columns = constants[node.input[0]].dims
+        scale = numpy_helper.to_array(constants[node.input[1]])
+        name = node.output[0]
+        model.graph.initializer.extend([
+            numpy_helper.from_array(scale.reshape(rows // block, 1, columns), f"{name}_scale"),
+            numpy_helper.from_array(np.array([rows // block, block, columns], np.int64), f"{name}_blocked_shape"),
+            numpy_helper.from_array(np.array([rows, columns], np.int64), f"{name}_shape")])
+        out += [helper.make_node("Cast", [node.input[0]], [f"{name}_float"], name=f"{name}_Cast", to=1),
+                helper.make_node("Reshape", [f"{name}_float", f"{name}_blocked_shape"], [f"{name}_blocked"],
+                                 name=f"{name}_Reshape_blocks"),
+                helper.make_node("Mul", [f"{name}_blocked", f"{name}_scale"], [f"{name}_scaled"], name=f"{name}_Mul"),
+                helper.make_node("Reshape", [f"{name}_scaled", f"{name}_shape"], [name], name=f"{name}_Reshape")]
+    return out

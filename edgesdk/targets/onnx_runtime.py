@@ -2,9 +2,11 @@
 
 int8 is edgesdk's QDQ model (``edgesdk.calibration``) with each quantized MatMul and its bias
 written as onnxruntime's integer kernel (``onnx_integer``): uint8 activations, the fast path on
-CPUs without VNNI. With ``text_input="string"`` a text bundle takes strings: the tokenizer
-graph (``string_input``) runs before the model, and its ids are compared with Python's on every
-verification text (the bundle fails where one differs).
+CPUs without VNNI; layers with int8 weight blocks keep int8 bytes in the file and run as float
+MatMuls (their weights dequantized once, when onnxruntime loads the model). With
+``text_input="string"`` a text bundle takes strings: the tokenizer graph (``string_input``) runs
+before the model, and its ids are compared with Python's on every verification text (the
+bundle fails where one differs).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from edgesdk.spec import ModelSpec
 from edgesdk.tokenization import graph_tokenization_gate
 
 from .base import TARGETS, Target
-from .onnx_integer import integer_matmuls
+from .onnx_integer import onnxruntime_form
 from .string_input import string_model, string_spec_inputs
 
 __all__ = ["OnnxRuntimeTarget"]
@@ -51,9 +53,10 @@ class OnnxRuntimeTarget(Target):
             import onnx
 
             calibration = artifacts.calibration()
-            onnx.save_model(integer_matmuls(onnx.load(str(calibration.model))), str(out))
+            onnx.save_model(onnxruntime_form(onnx.load(str(calibration.model))), str(out))
             notes |= {"int8": "edgesdk's QDQ model with each quantized MatMul and its bias as one onnxruntime "
-                              "MatMulIntegerToFloat: uint8 activations, int8 per-channel weights, int8 embedding rows",
+                              "MatMulIntegerToFloat: uint8 activations, int8 per-channel weights, int8 embedding rows; "
+                              "layers with int8 weight blocks dequantized to float weights at load",
                       **self.write_ranges(calibration, folder)}
         if self.bundle_spec(artifacts.classifier.spec, artifacts.text_input) is artifacts.classifier.spec:
             return notes
