@@ -17,9 +17,9 @@ weight, which onnxruntime's constant folding computes once when it loads the mod
 file keeps int8 bytes and the layer runs as a float MatMul. Left as a blocked
 ``DequantizeLinear``, onnxruntime fuses it into its 8-bit ``MatMulNBits``, which quantizes
 the activations per block at run time: a 128 x 384 x 1536 MatMul ran 1.3-2x slower than float
-on an AVX2-only CPU (no VNNI), MiniLM SST-2 with 9 such layers 1.48x fp32's time against 1.01x
-with every layer static int8, where on an AVX-512 VNNI CPU ``MatMulNBits`` saved 4% of the
-model's time over float layers (``bench/int8_fallbacks.py``). A bundle runs on whatever CPU
+on an AVX2-only CPU (no VNNI), and MiniLM SST-2 with 9 such layers ran at 1.48x fp32's time
+there, 1.01x folded (``bench/int8.py``), where on an AVX-512 VNNI CPU ``MatMulNBits`` saved 4%
+of the model's time over float layers (``bench/int8_fallbacks.py``). A bundle runs on whatever CPU
 loads it, so its blocks take the form that is never slower than float.
 """
 
@@ -121,7 +121,7 @@ def _fold_weight_blocks(nodes: list[Any], model: Any) -> list[Any]:
     (``qdq.int8_weight_blocks``: no zero point) written as ``Cast -> Reshape -> Mul -> Reshape``:
     int8 rows (blocks, block, columns) times scales (blocks, 1, columns); the new constants are
     added to ``model``."""
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
     constants = {i.name: i for i in model.graph.initializer}
     out = []
@@ -140,7 +140,7 @@ def _fold_weight_blocks(nodes: list[Any], model: Any) -> list[Any]:
             numpy_helper.from_array(scale.reshape(rows // block, 1, columns), f"{name}_scale"),
             numpy_helper.from_array(np.array([rows // block, block, columns], np.int64), f"{name}_blocked_shape"),
             numpy_helper.from_array(np.array([rows, columns], np.int64), f"{name}_shape")])
-        out += [helper.make_node("Cast", [node.input[0]], [f"{name}_float"], name=f"{name}_Cast", to=1),
+        out += [helper.make_node("Cast", [node.input[0]], [f"{name}_float"], name=f"{name}_Cast", to=TensorProto.FLOAT),
                 helper.make_node("Reshape", [f"{name}_float", f"{name}_blocked_shape"], [f"{name}_blocked"],
                                  name=f"{name}_Reshape_blocks"),
                 helper.make_node("Mul", [f"{name}_blocked", f"{name}_scale"], [f"{name}_scaled"], name=f"{name}_Mul"),
