@@ -471,3 +471,77 @@ def test_layers_forced_float_are_not_ranked_and_the_report_says_they_are_yours(t
     ranked = [s["kl_alone"] for s in calibration_notes["sensitivity"] if s["kl_alone"] is not None]
     assert ranked == sorted(ranked, reverse=True) and ranked[0] > ranked[-1]  # most harmful first
     assert "your --float-layers" in (result.out / "report.html").read_text(encoding="utf-8")
+
+
+
+def _layer_model(op: str, w: np.ndarray):
+    """A float model of one ``op`` layer with weight ``w`` (Gemm's transposed), and its input shape."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    if op == "Conv":
+        node = helper.make_node("Conv", ["x", "w"], ["y"], name="layer", pads=[1, 1, 1, 1])
+        x_shape, y_shape = [None, w.shape[1], 5, 5], [None, w.shape[0], 5, 5]
+    else:
+        node = helper.make_node(op, ["x", "w"], ["y"], name="layer", **({"transB": 1} if op == "Gemm" else {}))
+        x_shape = [None, w.shape[1] if op == "Gemm" else w.shape[0]]
+        y_shape = [None, w.shape[0] if op == "Gemm" else w.shape[1]]
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+                              [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), x_shape
+
+
+def _paired_weight(op: str, rng, same_sign: bool) -> np.ndarray:
+    """A weight whose first two inputs of every output channel (one pair, in the order onnxruntime's
+    kernels read them) are its largest, of one sign or of opposite signs."""
+    channels, inputs = (6, 4) if op == "Conv" else (6, 16)
+    w = rng.normal(scale=0.1, size=(channels, inputs) + ((3, 3) if op == "Conv" else ())).astype(np.float32)
+    w[:, 0] = 1.0
+    w[:, 1] = 0.9 if same_sign else -0.9
+    return w if op != "MatMul" else np.ascontiguousarray(w.T)
+
+
+@pytest.mark.parametrize("op", ["MatMul", "Gemm", "Conv"])
+def test_int8_weights_never_overflow_the_int16_pair_sums_of_x86_kernels(op):
+    """No adjacent pair of int8 weights of one sign (in the order onnxruntime's kernels read an output
+    channel's inputs) sums past 128 in magnitude, so uint8 activations up to 255 keep every pair in
+    int16; where no pair adds up past the channel's peak, the scale is the plain peak / 127."""
+    from onnx import numpy_helper
+
+    from edgesdk.calibration.qdq import _kernel_rows, qdq_model
+
+    rng = np.random.default_rng(1)
+    for same_sign in (True, False):
+        w = _paired_weight(op, rng, same_sign)
+        model, _ = _layer_model(op, w)
+        qdq, _ = qdq_model(model, {"x": (-1.0, 1.0)}, {"layer"})
+        weights = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+        rows = _kernel_rows(model.graph.node[0], weights["w_quantized"].astype(np.int64))
+        pairs = rows.reshape(rows.shape[0], -1, 2)
+        assert np.maximum(pairs, 0).sum(2).max() <= 128 and np.maximum(-pairs, 0).sum(2).max() <= 128
+        if not same_sign:
+            peak = np.abs(_kernel_rows(model.graph.node[0], w)).max(1)
+            assert np.allclose(weights["w_scale"], peak / 127, rtol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["MatMul", "Conv"])
+def test_onnxruntime_int8_kernels_compute_the_exact_int8_model_at_extreme_activations(op):
+    """Activations at the top of their range (uint8 255) against paired large weights: onnxruntime's
+    integer kernels give what the QDQ model defines (its DequantizeLinear and float ops, no fusion)
+    on this CPU, AVX2 or VNNI alike; an int16 overflow would cost half the output here."""
+    import onnxruntime as ort
+
+    from edgesdk.calibration.qdq import qdq_model
+    from edgesdk.targets.onnx_integer import onnxruntime_form
+
+    w = _paired_weight(op, np.random.default_rng(2), same_sign=True)
+    model, x_shape = _layer_model(op, w)
+    qdq, _ = qdq_model(model, {"x": (-1.0, 1.0)}, {"layer"})
+    x = np.ones([2] + x_shape[1:], np.float32)  # every activation at uint8 255
+    exact = ort.SessionOptions()
+    exact.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    expected = ort.InferenceSession(qdq.SerializeToString(), exact, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    shipped = onnxruntime_form(qdq) if op == "MatMul" else qdq
+    got = ort_session(shipped.SerializeToString()).run(None, {"x": x})[0]
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-4)

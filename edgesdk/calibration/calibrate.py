@@ -528,7 +528,7 @@ def _ranges_document(method: str, ranges: dict[str, tuple[float, float]], qparam
         "method": method,
         "activations": {name: {"lo": float(lo), "hi": float(hi), **qparams.get(name, {}),
                                "quantized": name in qparams} for name, (lo, hi) in sorted(ranges.items())},
-        "weights": {"dtype": "int8", "scheme": "symmetric per output channel",
+        "weights": {"dtype": "int8", "scheme": "symmetric per output channel, adjacent input pairs within int16",
                     "layers": sorted(n.layer for n in quantized)},
         "embeddings": {"dtype": "int8", "scheme": "symmetric per row", "tables": tables},
     }
