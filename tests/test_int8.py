@@ -524,11 +524,26 @@ def test_int8_weights_never_overflow_the_int16_pair_sums_of_x86_kernels(op):
             assert np.allclose(weights["w_scale"], peak / 127, rtol=1e-6)
 
 
+def _quantized_output(qdq, scale: float):
+    """``qdq`` with its output ``y`` quantized (uint8, zero point 128), as the next int8 layer
+    would: onnxruntime runs a Conv as ``QLinearConv`` only when a QuantizeLinear follows it."""
+    from onnx import helper, numpy_helper
+
+    qdq.graph.node[-1].output[0] = "y_float"
+    qdq.graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), "y_scale"),
+                                  numpy_helper.from_array(np.array(128, np.uint8), "y_zero_point")])
+    qdq.graph.node.extend([helper.make_node("QuantizeLinear", ["y_float", "y_scale", "y_zero_point"], ["y_q"]),
+                           helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zero_point"], ["y"])])
+    return qdq
+
+
 @pytest.mark.parametrize("op", ["MatMul", "Conv"])
-def test_onnxruntime_int8_kernels_compute_the_exact_int8_model_at_extreme_activations(op):
+def test_onnxruntime_int8_kernels_compute_the_exact_int8_model_at_extreme_activations(op, tmp_path):
     """Activations at the top of their range (uint8 255) against paired large weights: onnxruntime's
-    integer kernels give what the QDQ model defines (its DequantizeLinear and float ops, no fusion)
-    on this CPU, AVX2 or VNNI alike; an int16 overflow would cost half the output here."""
+    integer kernels (``MatMulIntegerToFloat``, ``QLinearConv``) give what the QDQ model defines (its
+    DequantizeLinear and float ops, no fusion) on this CPU, AVX2 or VNNI alike; an int16 overflow
+    would cost about half of each output here."""
+    import onnx
     import onnxruntime as ort
 
     from edgesdk.calibration.qdq import qdq_model
@@ -537,11 +552,21 @@ def test_onnxruntime_int8_kernels_compute_the_exact_int8_model_at_extreme_activa
     w = _paired_weight(op, np.random.default_rng(2), same_sign=True)
     model, x_shape = _layer_model(op, w)
     qdq, _ = qdq_model(model, {"x": (-1.0, 1.0)}, {"layer"})
+    step = 0.0
+    if op == "Conv":
+        step = 60.0 / 255
+        qdq = _quantized_output(qdq, step)
     x = np.ones([2] + x_shape[1:], np.float32)  # every activation at uint8 255
     exact = ort.SessionOptions()
     exact.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     expected = ort.InferenceSession(qdq.SerializeToString(), exact, providers=["CPUExecutionProvider"]).run(
         None, {"x": x})[0]
     shipped = onnxruntime_form(qdq) if op == "MatMul" else qdq
-    got = ort_session(shipped.SerializeToString()).run(None, {"x": x})[0]
-    assert np.allclose(got, expected, rtol=1e-4, atol=1e-4)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    got = ort.InferenceSession(shipped.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    kernels = {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    assert kernels & {"MatMulIntegerToFloat", "QLinearConv"}  # the integer kernel ran, not a float one
+    assert np.abs(expected).max() > 10 * (step + 1e-3)
+    assert np.allclose(got, expected, rtol=1e-4, atol=step + 1e-4)  # one output step at most
