@@ -475,10 +475,11 @@ def test_layers_forced_float_are_not_ranked_and_the_report_says_they_are_yours(t
 
 
 def _layer_model(op: str, w: np.ndarray):
-    """A float model of one ``op`` layer with weight ``w`` (Gemm's transposed), and its input shape."""
+    """A float model of one ``op`` layer ("Conv1": a Conv of one input channel) with weight ``w``
+    (Gemm's transposed), and its input shape."""
     from onnx import TensorProto, helper, numpy_helper
 
-    if op == "Conv":
+    if op.startswith("Conv"):
         node = helper.make_node("Conv", ["x", "w"], ["y"], name="layer", pads=[1, 1, 1, 1])
         x_shape, y_shape = [None, w.shape[1], 5, 5], [None, w.shape[0], 5, 5]
     else:
@@ -493,15 +494,18 @@ def _layer_model(op: str, w: np.ndarray):
 
 def _paired_weight(op: str, rng, same_sign: bool) -> np.ndarray:
     """A weight whose first two inputs of every output channel (one pair, in the order onnxruntime's
-    kernels read them) are its largest, of one sign or of opposite signs."""
-    channels, inputs = (6, 4) if op == "Conv" else (6, 16)
-    w = rng.normal(scale=0.1, size=(channels, inputs) + ((3, 3) if op == "Conv" else ())).astype(np.float32)
-    w[:, 0] = 1.0
-    w[:, 1] = 0.9 if same_sign else -0.9
-    return w if op != "MatMul" else np.ascontiguousarray(w.T)
+    kernels read them: for a Conv, kernel rows, columns, then input channels) are its largest, of
+    one sign or of opposite signs."""
+    inputs = {"Conv": 4, "Conv1": 1}.get(op, 16)
+    rows = rng.normal(scale=0.1, size=(6, inputs * (9 if op.startswith("Conv") else 1))).astype(np.float32)
+    rows[:, 0] = 1.0
+    rows[:, 1] = 0.9 if same_sign else -0.9
+    if op.startswith("Conv"):
+        return np.ascontiguousarray(np.moveaxis(rows.reshape(6, 3, 3, inputs), -1, 1))
+    return rows if op == "Gemm" else np.ascontiguousarray(rows.T)
 
 
-@pytest.mark.parametrize("op", ["MatMul", "Gemm", "Conv"])
+@pytest.mark.parametrize("op", ["MatMul", "Gemm", "Conv", "Conv1"])
 def test_int8_weights_never_overflow_the_int16_pair_sums_of_x86_kernels(op):
     """No adjacent pair of int8 weights of one sign (in the order onnxruntime's kernels read an output
     channel's inputs) sums past 128 in magnitude, so uint8 activations up to 255 keep every pair in
@@ -517,6 +521,8 @@ def test_int8_weights_never_overflow_the_int16_pair_sums_of_x86_kernels(op):
         qdq, _ = qdq_model(model, {"x": (-1.0, 1.0)}, {"layer"})
         weights = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
         rows = _kernel_rows(model.graph.node[0], weights["w_quantized"].astype(np.int64))
+        if rows.shape[1] % 2:  # a Conv of one input channel: 9 kernel positions, the last unpaired
+            rows = np.pad(rows, ((0, 0), (0, 1)))
         pairs = rows.reshape(rows.shape[0], -1, 2)
         assert np.maximum(pairs, 0).sum(2).max() <= 128 and np.maximum(-pairs, 0).sum(2).max() <= 128
         if not same_sign:
@@ -537,7 +543,7 @@ def _quantized_output(qdq, scale: float):
     return qdq
 
 
-@pytest.mark.parametrize("op", ["MatMul", "Conv"])
+@pytest.mark.parametrize("op", ["MatMul", "Conv", "Conv1"])
 def test_onnxruntime_int8_kernels_compute_the_exact_int8_model_at_extreme_activations(op, tmp_path):
     """Activations at the top of their range (uint8 255) against paired large weights: onnxruntime's
     integer kernels (``MatMulIntegerToFloat``, ``QLinearConv``) give what the QDQ model defines (its
@@ -553,8 +559,8 @@ def test_onnxruntime_int8_kernels_compute_the_exact_int8_model_at_extreme_activa
     model, x_shape = _layer_model(op, w)
     qdq, _ = qdq_model(model, {"x": (-1.0, 1.0)}, {"layer"})
     step = 0.0
-    if op == "Conv":
-        step = 60.0 / 255
+    if op.startswith("Conv"):
+        step = 8.0 / 255
         qdq = _quantized_output(qdq, step)
     x = np.ones([2] + x_shape[1:], np.float32)  # every activation at uint8 255
     exact = ort.SessionOptions()

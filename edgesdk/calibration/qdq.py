@@ -131,11 +131,13 @@ def _weight_axis(node, rank: int) -> int:
 def _kernel_rows(node, w: np.ndarray) -> np.ndarray | None:
     """``w`` as (output channel, inputs) in the order onnxruntime's integer kernels read one output
     channel's inputs: a MatMul or Gemm weight's input rows; a Conv's (kernel rows, columns, input
-    channels of its group), as onnxruntime's channels-last QLinearConv flattens them. None for a
-    depthwise Conv (one input channel a group), whose kernel sums in int32 from the start."""
+    channels of its group), as onnxruntime's channels-last QLinearConv flattens them (a Conv of one
+    input channel pairs neighbouring kernel positions). None for a depthwise Conv (several groups
+    of one input channel each), whose kernel sums in int32 from the start."""
     if node.op_type in ("MatMul", "Gemm") and w.ndim == 2:
         return w if _weight_axis(node, 2) == 0 else w.T
-    if node.op_type == "Conv" and w.ndim >= 3 and w.shape[1] > 1:
+    groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+    if node.op_type == "Conv" and w.ndim >= 3 and not (groups > 1 and w.shape[1] == 1):
         return np.moveaxis(w, 1, -1).reshape(w.shape[0], -1)
     return None
 
@@ -161,7 +163,10 @@ def _quantize_weight(w: np.ndarray, axis: int, kernel_rows: np.ndarray | None = 
     answered differently by CPU. With 255 x 128 = 32640 no pair saturates on any input, and every
     CPU computes the QDQ model's exact integers (MiniLM AG News, every layer int8, 2000 texts on an
     AVX2 CPU: 99.70% agreement with fp32 against 99.55% before, where the exact QDQ model gave
-    99.70%; 80% of the output channels took a larger scale, the largest 1.95x).
+    99.70%; 80% of the output channels took a larger scale, the largest 1.95x. The demo's digit
+    CNN, every layer int8, 1497 images: 95.72% against 99.73% computed exactly, 65 answers apart,
+    most from its first Conv of one input channel, whose neighbouring kernel positions pair up;
+    bounded, 99.87% both ways, none apart).
     """
     reduce = tuple(i for i in range(w.ndim) if i != axis)
     magnitude = np.abs(w).max(axis=reduce)
