@@ -155,7 +155,9 @@ def train_digits(weights: Path, epochs: int = 20) -> tuple[np.ndarray, ...]:
     from safetensors.torch import save_file
 
     images, labels = digits_arrays()
-    val = np.arange(len(images)) % 5 == 0
+    # half held out: 899 labeled digits let the int8 gate show a 0.5-point accuracy bound with one
+    # answer lost (360 showed it only with none, so one near-tie decided the gate)
+    val = np.arange(len(images)) % 2 == 0
     torch.manual_seed(SEED)
     classifier = digits_classifier()
     graph = classifier.graph().train()
