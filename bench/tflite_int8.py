@@ -11,8 +11,8 @@ verification split), and from the same float .tflite the bench writes every vari
   as litert-torch wrote it, without calibration's smoothing;
 - ``full_integer_all_int8``: the same with no layer kept float;
 - ``edgesdk_bundle``: the int8 bundle's own model, as the target chose it (its recipe, and for
-  full integer calibration's smoothing written in, edgesdk's float layers and those it added
-  for LiteRT);
+  full integer calibration's smoothing and column-scaled token tables written in, edgesdk's
+  float layers, those it added for LiteRT, and those of them given int8 weights);
 - text only, ``full_integer_every_op``: every op int8 (softmax, LayerNorm, GELU...), no float layer;
 - text only, ``*_one_length``: fp32 and dynamic range as the bundles were before signatures
   per sequence length (one signature at max_length), for the short-text figures.
@@ -186,12 +186,14 @@ def bench_case(case: dict, work: Path, rounds: int) -> dict:
             "latency_ms": {label: figures[name] for label, figures in latency.items()},
         }
     return {"test_samples": len(rows), "float_layers": case["float_layers"], "edgesdk_recipe": build["recipe"],
-            "edgesdk_float_layers_added": build.get("float_layers_added", []), "variants": table}
+            "edgesdk_float_layers_added": build.get("float_layers_added", []),
+            "edgesdk_float_layers_int8_weights": build.get("float_layers_int8_weights", []), "variants": table}
 
 
 def _print(name: str, result: dict) -> None:
     print(f"\n{name} ({result['test_samples']} test samples; edgesdk's int8 bundle: {result['edgesdk_recipe']}, "
-          f"{result['float_layers']} float layers, {len(result['edgesdk_float_layers_added'])} more for LiteRT)")
+          f"{result['float_layers']} float layers, {len(result['edgesdk_float_layers_added'])} more for LiteRT, "
+          f"{len(result['edgesdk_float_layers_int8_weights'])} of them with int8 weights)")
     labels = next(iter(v["latency_ms"] for v in result["variants"].values() if "latency_ms" in v))
     print_table(["variant", "agree", "acc", "bytes", "int ops", *(f"ms {k}" for k in labels)],
                 [[name, f"{row['agreement']:.2%}", f"{row['accuracy']:.2%}", f"{row['bytes_ratio']:.1%}",

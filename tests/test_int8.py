@@ -473,7 +473,6 @@ def test_layers_forced_float_are_not_ranked_and_the_report_says_they_are_yours(t
     assert "your --float-layers" in (result.out / "report.html").read_text(encoding="utf-8")
 
 
-
 def _layer_model(op: str, w: np.ndarray):
     """A float model of one ``op`` layer ("Conv1": a Conv of one input channel) with weight ``w``
     (Gemm's transposed), and its input shape."""

@@ -67,6 +67,10 @@ def test_tflite_int8_is_full_integer_with_edgesdk_float_layers_and_more_where_li
             assert first["passed_over"] in tflite["int8"]  # mostly float only when no other recipe kept the budget
         assert tflite["float_layers_not_found"] == []  # LayerNorm-scaled weights found too
         assert any(step["added"] == len(added) for step in tflite["float_layer_search"])
+        int8_weights = set(tflite["float_layers_int8_weights"])  # weight-only where the ONNX int8 has weight blocks
+        blocks = {f["layer"] for f in onnx_int8["calibration"]["float_layers"] if f["weights"] != "float"}
+        assert int8_weights <= blocks - set(added)
+        assert int8_weights == {f["layer"] for f in tflite["calibration"]["float_layers"] if f["weights"] != "float"}
         assert not (tflite["integer_only"] and tflite["float_layers"])
         weight_ops = tflite["float_ops"].get("FULLY_CONNECTED", 0) + tflite["float_ops"].get("CONV_2D", 0)
         assert weight_ops >= len(tflite["float_layers"])  # each one float in the .tflite
@@ -87,6 +91,7 @@ def test_every_weight_layer_of_the_text_model_is_found_in_its_tflite(demo_out):
 def test_full_integer_text_tflite_quantizes_its_weight_layers_in_every_signature(demo_out, tmp_path):
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
 
+    from edgesdk.calibration.qdq import EMBEDDING_MIN_ROWS
     from edgesdk.targets.tflite_int8 import builtin_op_names, quantize_full_integer
     from edgesdk.targets.tflite_runtime import TfliteTarget
 
@@ -108,6 +113,10 @@ def test_full_integer_text_tflite_quantizes_its_weight_layers_in_every_signature
         others = {kind for kind, op in ops if kind not in ("FULLY_CONNECTED", "QUANTIZE", "DEQUANTIZE")
                   and any(graph.tensors[t].type == int8 for t in op.outputs)}
         assert not others  # softmax, LayerNorm, GELU, attention stay float
+        dequantized = {op.outputs[0]: graph.tensors[op.inputs[0]].type for kind, op in ops if kind == "DEQUANTIZE"}
+        tables = {graph.tensors[op.inputs[1]].shape[0]: dequantized.get(op.inputs[1]) == int8
+                  for kind, op in ops if kind == "EMBEDDING_LOOKUP"}  # stored int8: dequantized when loaded
+        assert tables == {rows: rows >= EMBEDDING_MIN_ROWS for rows in tables} and set(tables.values()) == {True, False}
     rows = bundle.encoder.encode(texts[100:400])
     float_logits = bundle.run_rows(rows)["logits"]
     with TfliteTarget.runner(tmp_path / "int8.tflite", bundle.spec) as runner:
@@ -161,6 +170,24 @@ def test_litert_smoothing_rewrites_the_named_linears_into_the_same_function():
     torch.testing.assert_close(smoothed(x), model(x), rtol=1e-5, atol=1e-5)
     reads = smoothed[1][0].inverse * model[0](x)
     assert reads.abs().max(0).values.max() < model[0](x).abs().max(0).values.max()
+
+
+def test_litert_smoothing_column_scales_token_tables_into_the_same_function():
+    from edgesdk.calibration.qdq import EMBEDDING_MIN_ROWS
+    from edgesdk.targets.litert_smoothing import ColumnScaledEmbedding, smoothed_model
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.ModuleDict({"tokens": nn.Embedding(EMBEDDING_MIN_ROWS, 6), "types": nn.Embedding(2, 6)})
+    with torch.no_grad():
+        model["tokens"].weight[:, 1] *= 40  # an outlier dimension
+    smoothed = smoothed_model(model, {})
+    assert isinstance(smoothed["tokens"], ColumnScaledEmbedding) and isinstance(smoothed["types"], nn.Embedding)
+    ids = torch.randint(0, EMBEDDING_MIN_ROWS, (3, 7))
+    torch.testing.assert_close(smoothed["tokens"](ids), model["tokens"](ids), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(smoothed["tokens"].weight, model["tokens"].weight)  # for code that reads it
+    columns = smoothed["tokens"].embedding.weight.abs().max(0).values
+    torch.testing.assert_close(columns, torch.ones(6))  # every column spans [-1, 1]: per-row int8 holds them alike
 
 
 class _GroupedQueryScores(torch.nn.Module):

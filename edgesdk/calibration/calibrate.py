@@ -232,10 +232,12 @@ class Calibration:
                         str(out))
         return out
 
-    def summary(self, weight_blocks: bool = True) -> dict[str, Any]:
-        """What the manifest and report say about this calibration; without ``weight_blocks`` (a
-        target that keeps every layer out of int8 float whole) no float layer has int8 weights."""
-        float_layers = self.float_layers if weight_blocks else [{**f, "weights": "float"} for f in self.float_layers]
+    def summary(self, weights: dict[str, str] | None = None) -> dict[str, Any]:
+        """What the manifest and report say about this calibration. ``weights``: for a target that
+        stores the float layers' weights otherwise than calibration's int8 weight blocks, how it
+        stores them, by layer (a layer not in it: float); None: as calibrated."""
+        float_layers = self.float_layers if weights is None else [
+            {**f, "weights": weights.get(f["layer"], "float")} for f in self.float_layers]
         return {"met_budget": self.met_budget, "float_layers": float_layers,
                 "sensitivity": self.sensitivity, **self.figures}
 

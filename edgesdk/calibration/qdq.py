@@ -20,11 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["QuantNode", "quantizable_nodes", "qdq_model", "quantize_embeddings", "activation_qparams", "prune_unused",
-           "readers", "int8_weight_blocks", "blockable", "QUANT_OPS", "WEIGHT_BLOCK"]
+__all__ = ["QuantNode", "quantizable_nodes", "qdq_model", "quantize_embeddings", "embedding_columns",
+           "activation_qparams", "prune_unused", "readers", "int8_weight_blocks", "blockable", "QUANT_OPS",
+           "WEIGHT_BLOCK", "EMBEDDING_MIN_ROWS"]
 
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
-EMBEDDING_MIN_ROWS = 256
+EMBEDDING_MIN_ROWS = 256  # smaller tables (token types) stay float: every token reads their few rows, few bytes
 WEIGHT_BLOCK = 32
 PAIR_LIMIT = 127.5  # the scaled same-sign sum of two adjacent int8 weights (``_quantize_weight``)
 BLOCKED_DQ_OPSET = 21  # DequantizeLinear's block_size
@@ -86,7 +87,7 @@ def quantize_embeddings(model) -> list[str]:
         name, out = node.input[0], node.output[0]
         if name not in done:
             w = numpy_helper.to_array(tables[name]).astype(np.float32)
-            columns = np.maximum(np.abs(w).max(0, keepdims=True), 1e-12)
+            columns = embedding_columns(w)[None]
             rows = np.maximum(np.abs(w / columns).max(1, keepdims=True), 1e-12) / 127
             q = np.clip(np.round(w / columns / rows), -127, 127).astype(np.int8)
             model.graph.initializer.remove(tables[name])
@@ -105,6 +106,12 @@ def quantize_embeddings(model) -> list[str]:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return done
+
+
+def embedding_columns(table: np.ndarray) -> np.ndarray:
+    """One scale per column of an embedding table: its largest magnitude, which the table is
+    divided by before one int8 scale per row is taken (``quantize_embeddings``)."""
+    return np.maximum(np.abs(table).max(0), 1e-12)
 
 
 def _activation_qparams(lo: float, hi: float, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -136,10 +143,12 @@ def _kernel_rows(node, w: np.ndarray) -> np.ndarray | None:
     of one input channel each), whose kernel sums in int32 from the start."""
     if node.op_type in ("MatMul", "Gemm") and w.ndim == 2:
         return w if _weight_axis(node, 2) == 0 else w.T
+    if node.op_type != "Conv" or w.ndim < 3:
+        return None
     groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-    if node.op_type == "Conv" and w.ndim >= 3 and not (groups > 1 and w.shape[1] == 1):
-        return np.moveaxis(w, 1, -1).reshape(w.shape[0], -1)
-    return None
+    if groups > 1 and w.shape[1] == 1:
+        return None
+    return np.moveaxis(w, 1, -1).reshape(w.shape[0], -1)
 
 
 def _pair_peak(rows: np.ndarray) -> np.ndarray:

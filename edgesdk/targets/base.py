@@ -45,12 +45,13 @@ class Target:
         raise NotImplementedError
 
     @staticmethod
-    def write_ranges(calibration: Any, folder: Path, weight_blocks: bool = True) -> dict[str, Any]:
+    def write_ranges(calibration: Any, folder: Path, weights: dict[str, str] | None = None) -> dict[str, Any]:
         """Put the calibration's portable ranges in an int8 bundle; returns manifest notes
-        (``weight_blocks``: whether the bundle's model has the calibration's int8 weight blocks)."""
+        (``weights``: how the bundle's model stores its float layers' weights, as ``summary`` takes it;
+        None: with the calibration's int8 weight blocks)."""
         text = json.dumps(calibration.ranges, indent=2, sort_keys=True) + "\n"
         (folder / RANGES_FILE).write_text(text, encoding="utf-8")
-        return {"ranges_file": RANGES_FILE, "calibration": calibration.summary(weight_blocks)}
+        return {"ranges_file": RANGES_FILE, "calibration": calibration.summary(weights)}
 
     def bundle_spec(self, spec: ModelSpec, text_input: str) -> ModelSpec:
         """The spec this target's bundle has: the model's (a target whose model takes strings when

@@ -116,7 +116,7 @@ class TensorRtTarget(Target):
             calibration.write_model(folder / self.model_file, symmetric=True)
             notes.update(int8="explicit quantization: symmetric int8 Q/DQ on activations (same ranges), int8 "
                               "per-channel weights, int8 embedding rows",
-                         **self.write_ranges(calibration, folder, weight_blocks=False),
+                         **self.write_ranges(calibration, folder, weights={}),
                          symmetric=calibration.symmetric()["summary"])
         (folder / BUILD_SCRIPT).write_text(_SCRIPT, encoding="utf-8")
         if _has_attention(folder / self.model_file):

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from edgesdk.calibration.observers import Histogram, unpadded
+from edgesdk.calibration.qdq import EMBEDDING_MIN_ROWS
 from edgesdk.calibration.ranges import activation_range
 
 __all__ = ["FullInteger", "StaticPlan", "builtin_op_names", "float_layer_weights", "quantize_full_integer",
@@ -82,8 +83,12 @@ def static_plan(float_model: Path, weights: dict[str, np.ndarray], weight_layers
     CNN's int8 probabilities, also read by its top-k, came out wrong while its logits were
     right), and a dequantized output that a float op reads fails ("Tensor data is null").
     ``weight_layers_only``: only ops with a constant weight (fully connected, convolutions) get
-    int8 activations; every other op stays float. Embedding tables are int8, their rows looked
-    up into float.
+    int8 activations; every other op stays float. Embedding tables of ``EMBEDDING_MIN_ROWS`` rows
+    or more are int8 (per row; ``litert_smoothing`` column-scales them first), their rows looked up
+    into float; smaller ones (token types) stay float, as in the ONNX int8: every token reads
+    their few rows, so a rounding error there is one bias on all of them (measured: the demo's
+    topic MiniLM's two-row token-type table, per-row int8, cost 1.0 expected changed answer of
+    722, more than its 2450-row word table).
     """
     return _recipe(_op_table(float_model, weights), set(weights), weight_layers_only)
 
@@ -95,6 +100,7 @@ class _Op:
     kind: str
     scope: str
     weighted: bool  # it reads a constant weight (fully connected, convolution)
+    large_table: bool  # an embedding lookup of a table of EMBEDDING_MIN_ROWS rows or more
     layer: str | None  # the edgesdk layer whose weight that is, if any
     inputs: frozenset[int]
     outputs: tuple[int, ...]
@@ -112,15 +118,19 @@ def _op_table(float_model: Path, weights: dict[str, np.ndarray]) -> list[tuple[l
         for op in graph.operators:
             kind = tfl.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
             weight = _constant_weight(op, graph, model.buffers) if kind in WEIGHT_OPS else None
+            lookup_table = _constant_weight(op, graph, model.buffers) if kind == "EMBEDDING_LOOKUP" else None
             ops.append(_Op(kind, tfl.get_op_scope(op, graph.tensors), weight is not None,
+                           lookup_table is not None and lookup_table.shape[0] >= EMBEDDING_MIN_ROWS,
                            None if weight is None else _matching_layer(weight, prints),
                            frozenset(op.inputs), tuple(op.outputs)))
         table.append((ops, set(graph.outputs)))
     return table
 
 
-def _recipe(table: list[tuple[list[_Op], set[int]]], float_layers: set[str], weight_layers_only: bool) -> StaticPlan:
-    """``static_plan``'s recipe from an op table, the ops of ``float_layers`` kept float."""
+def _recipe(table: list[tuple[list[_Op], set[int]]], float_layers: set[str], weight_layers_only: bool,
+            int8_weights: frozenset[str] = frozenset()) -> StaticPlan:
+    """``static_plan``'s recipe from an op table, the ops of ``float_layers`` kept float (those of
+    them in ``int8_weights`` with int8 weights per output channel, computing in float)."""
     from ai_edge_quantizer import recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
@@ -141,8 +151,9 @@ def _recipe(table: list[tuple[list[_Op], set[int]]], float_layers: set[str], wei
                 quantized.append((op.kind, op.scope))
         if float_tensors & graph_outputs:
             keep_float.append(None)  # the model's outputs stay float
-    if weight_layers_only:  # embedding tables: int8 rows, looked up into float
-        manager.add_weight_only_config(regex=".*", operation_name="EMBEDDING_LOOKUP", num_bits=8)
+    if weight_layers_only:  # large embedding tables: int8 rows, looked up into float
+        for scope in sorted({op.scope for ops, _ in table for op in ops if op.large_table}):
+            manager.add_weight_only_config(regex=_exactly(scope), operation_name="EMBEDDING_LOOKUP", num_bits=8)
         for kind, scope in quantized:
             manager.add_static_config(regex=_exactly(scope), operation_name=kind, **_INT8)
     else:
@@ -151,6 +162,8 @@ def _recipe(table: list[tuple[list[_Op], set[int]]], float_layers: set[str], wei
         manager.add_quantization_config(regex=".*" if scope is None else _exactly(scope),
                                         operation_name="OUTPUT" if scope is None else "*",
                                         algorithm_key=AlgorithmName.NO_QUANTIZE)
+    for op in (op for ops, _ in table for op in ops if op.layer in int8_weights & float_layers):
+        manager.add_weight_only_config(regex=_exactly(op.scope), operation_name=op.kind, num_bits=8)
     return StaticPlan(manager.get_quantization_recipe(), sorted(matched), sorted(float_layers - matched))
 
 
@@ -277,11 +290,12 @@ class FullInteger:
             self.ranges[pixels] = {**self.ranges[pixels], "min": np.array(PIXEL_RANGE[0], np.float32),
                                    "max": np.array(PIXEL_RANGE[1], np.float32)}
 
-    def write(self, out: Path, float_layers: set[str]) -> StaticPlan:
-        """Write the model with the ops of ``float_layers`` float to ``out``."""
+    def write(self, out: Path, float_layers: set[str], int8_weights: frozenset[str] = frozenset()) -> StaticPlan:
+        """Write the model with the ops of ``float_layers`` float to ``out`` (those of them in
+        ``int8_weights`` with int8 weights, weight-only)."""
         from ai_edge_quantizer import quantizer
 
-        static = _recipe(self.table, float_layers, self.weight_layers_only)
+        static = _recipe(self.table, float_layers, self.weight_layers_only, int8_weights)
         q = quantizer.Quantizer(str(self.float_model))
         q.load_quantization_recipe(static.recipe)
         Path(out).unlink(missing_ok=True)

@@ -26,20 +26,22 @@ calibration judges (on the verification data when given):
   the same samples (every signature calibrated), and the same layers kept float (found by their weights; what
   reads a float model output stays float too), plus as many of calibration's next most
   sensitive layers as the budget needs (a LiteRT int8 layer also rounds its output to int8),
-  chosen by calibration's own search (``float_layers_added``, ``float_layer_search``). Image
+  chosen by calibration's own search (``float_layers_added``, ``float_layer_search``). The float
+  layers to which the ONNX int8 gives int8 weight blocks get int8 weights per channel here,
+  computing in float (LiteRT has no int8 blocks), all but the fewest most sensitive the budget
+  needs float whole (``float_layers_int8_weights``, ``int8_weight_search``). Image
   models: every op but the head writing the outputs, int8 pixels in (uint8 minus 128: the
   input's range is 0..255); outputs float (XNNPACK garbles an int8 output another op reads).
-  Text models: the layers with weights (fully connected) and the embedding tables, every
-  other op float (counted in ``float_ops``). Measured on MiniLM fine-tuned on SST-2
+  Text models: the layers with weights (fully connected) and the token embedding tables
+  (column-scaled as the ONNX int8's, ``litert_smoothing``), every other op float (counted in
+  ``float_ops``). Measured on MiniLM fine-tuned on SST-2
   (``bench/tflite_int8.py``, 2000 test texts, AVX-512 VNNI CPU, 128 tokens): every op int8
   kept 86.9% top-1 agreement; the weight layers alone 97.2% at dynamic range's speed (6.7
   against 6.9 ms), 98.6% with calibration's float layers (9.5 ms); 16-bit activations 100%,
   but 25x slower than fp32 on XNNPACK, so not offered. A full-integer model that keeps the
   budget only with more than half its layers float (``MAX_FLOAT_SHARE``) is passed over for the
   next recipe that keeps it, the reason in ``recipes_tried``: no integer-only accelerator runs it,
-  and it is barely smaller than fp32 (measured: the demo's topic MiniLM on an AVX2-only CPU kept
-  the budget with 37 of 38 layers float, 43.9 MB against 48.4 MB); it ships only when no other
-  recipe keeps the budget.
+  and a CPU runs dynamic range faster; it ships only when no other recipe keeps the budget.
 - ``dynamic_range``: int8 weights per channel, activations quantized by the kernels at run time.
 - ``weight_only``: int8 weights, float compute.
 
@@ -60,7 +62,7 @@ from edgesdk.runtime.encode import in_row_order
 from edgesdk.runtime.runner import import_runtime
 
 from .base import TARGETS, Target
-from .litert_smoothing import smoothed_model
+from .litert_smoothing import ColumnScaledEmbedding, SmoothedLinear, smoothed_model
 from .tflite_int8 import FullInteger, builtin_op_names, float_layer_weights
 
 __all__ = ["TfliteTarget", "convert_signatures", "sequence_lengths"]
@@ -75,6 +77,7 @@ RECIPES = {  # edgesdk's name: (ai-edge-quantizer's recipe, what it is)
 }
 
 
+WEIGHT_ONLY = "int8 per channel, float compute"  # a float layer's weights where the ONNX int8 has int8 blocks
 MAX_FLOAT_SHARE = 0.5  # a full-integer model with more of its layers float gives way to dynamic range
 
 SIGNATURES = 4  # sequence lengths of a text model: max_length, and halved down to MIN_LENGTH
@@ -125,8 +128,9 @@ class TfliteTarget(Target):
         if precision == "fp32":
             shutil.copyfile(float_model, out)
             return notes
-        calibration = artifacts.calibration()
-        notes.update(self._quantize(float_model, out, artifacts), calibration=calibration.summary(weight_blocks=False))
+        notes.update(self._quantize(float_model, out, artifacts))
+        weights = {layer: WEIGHT_ONLY for layer in notes.get("float_layers_int8_weights", [])}
+        notes["calibration"] = artifacts.calibration().summary(weights)
         return notes
 
     def _quantize(self, float_model: Path, out: Path, artifacts: Any) -> dict[str, Any]:
@@ -202,7 +206,7 @@ class TfliteTarget(Target):
         float. The extra layers are the most sensitive of edgesdk's ranking, chosen by
         calibration's own search (doubling, then bisection). Returns the effect, the notes and how
         the search judged (``search_float_layers``)."""
-        from edgesdk.calibration.calibrate import search_float_layers
+        from edgesdk.calibration.calibrate import JUDGEMENTS, meets, search_float_layers
 
         calibration, budget = artifacts.calibration(), artifacts.plan.budget
         base = {f["node"] for f in calibration.float_layers}
@@ -219,38 +223,73 @@ class TfliteTarget(Target):
 
         count, e, steps, judgement = search_float_layers(ranked, trial, budget, None)
         added = [s["layer"] for s in ranked[:count]]
-        static = full.write(out, kept | set(added))
-        return e, {"float_layers": static.float_layers, "float_layers_added": added,
-                   "float_layers_not_found": static.unmatched,
-                   "float_layer_search": [{"added": step["float_layers"], "agreeing": step["agreeing"],
-                                           "samples": step["samples"], "expected_changes": step["expected_changes"]}
-                                          for step in steps]}, judgement
+        float_layers = kept | set(added)
+        int8_weights, weights_effect, weight_steps = frozenset(), None, []
+        if meets(e, budget, **JUDGEMENTS[judgement]):
+            int8_weights, weights_effect, weight_steps = _int8_weights(full, out, calibration, float_layers, judged,
+                                                                       budget, judgement)
+        static = full.write(out, float_layers, int8_weights)
+        return weights_effect or e, {
+            "float_layers": static.float_layers, "float_layers_added": added,
+            "float_layers_int8_weights": sorted(int8_weights), "float_layers_not_found": static.unmatched,
+            "float_layer_search": _steps(steps, "added"), "int8_weight_search": _steps(weight_steps, "float_weights")
+        }, judgement
+
+
+def _int8_weights(full: FullInteger, out: Path, calibration: Any, float_layers: set[str],
+                  judged: Callable[[Path], dict[str, Any]], budget: Any, judgement: str
+                  ) -> tuple[frozenset[str], dict[str, Any] | None, list[dict[str, Any]]]:
+    """Of ``float_layers``, those to which the ONNX int8 gives int8 weight blocks that keep the
+    budget here with int8 weights per channel (LiteRT has no int8 blocks), computing in float:
+    all but the fewest most sensitive, by calibration's own search. Returns them, their effect
+    (None when none) and the steps."""
+    from edgesdk.calibration.calibrate import search_float_layers
+
+    candidates = [s for s in calibration.sensitivity if s["node"] in calibration.blocks and s["layer"] in float_layers]
+    if not candidates:
+        return frozenset(), None, []
+
+    def trial(whole: set[str]) -> dict[str, Any]:
+        full.write(out, float_layers, frozenset(s["layer"] for s in candidates if s["node"] not in whole))
+        return judged(out)
+
+    count, e, steps, _ = search_float_layers(candidates, trial, budget, None, judged=judgement)
+    chosen = frozenset(s["layer"] for s in candidates[count:])
+    return chosen, e if chosen else None, steps
+
+
+def _steps(steps: list[dict[str, Any]], counted: str) -> list[dict[str, Any]]:
+    """A search's steps as the manifest lists them: the layers ``counted`` and the answers kept."""
+    return [{counted: step["float_layers"], "agreeing": step["agreeing"], "samples": step["samples"],
+             "expected_changes": step["expected_changes"]} for step in steps]
 
 
 def _smoothed_float_model(artifacts: Any, float_model: Path, kept: set[str]) -> Path:
     """The float .tflite with edgesdk's calibration smoothing written in (``litert_smoothing``)
-    for the layers that may be int8 (not those of ``kept``, which stay float), which full integer
-    quantizes; ``float_model`` when there are none."""
+    for the layers that may be int8 (not those of ``kept``, which stay float), and its token
+    tables column-scaled, which full integer quantizes; ``float_model`` when there is neither."""
     classifier = artifacts.classifier
     scales = {layer: s for layer, s in artifacts.calibration().smoothing.items() if layer not in kept}
-    if not scales:
+    smoothed = smoothed_model(classifier.model, scales)
+    if not any(isinstance(m, (SmoothedLinear, ColumnScaledEmbedding)) for m in smoothed.modules()):
         return float_model
     out = artifacts.workdir / "model.smoothed.tflite"
-    smoothed = classifier.with_model(smoothed_model(classifier.model, scales))
-    convert_signatures(import_runtime("litert_torch", "tflite"), smoothed.graph().eval(), _signatures(classifier), out)
+    convert_signatures(import_runtime("litert_torch", "tflite"), classifier.with_model(smoothed).graph().eval(),
+                       _signatures(classifier), out)
     return out
 
 
 def _mostly_float(notes: dict[str, Any], layers: int) -> str | None:
-    """Why a full-integer model that keeps the budget is not worth shipping (more than
-    ``MAX_FLOAT_SHARE`` of its ``layers`` float: no integer accelerator runs it, and it is
-    hardly smaller or faster than fp32); None when it is."""
+    """Why a full-integer model that keeps the budget gives way to the next recipe that keeps it
+    (more than ``MAX_FLOAT_SHARE`` of its ``layers`` compute in float: no integer-only accelerator
+    runs it, and a CPU runs dynamic range's int8 weights faster); None when it doesn't."""
     kept = len(notes.get("float_layers", []))
     if kept <= MAX_FLOAT_SHARE * layers:
         return None
-    return (f"it kept the budget only with {kept} of its {layers} layers float "
-            f"({len(notes.get('float_layers_added', []))} more than edgesdk's calibration): no integer-only "
-            "accelerator runs it, and it is barely smaller than fp32")
+    return (f"it kept the budget only with {kept} of its {layers} layers computing in float "
+            f"({len(notes.get('float_layers_added', []))} more than edgesdk's calibration; "
+            f"{len(notes.get('float_layers_int8_weights', []))} of them with int8 weights): no integer-only "
+            "accelerator runs it")
 
 
 def convert_signatures(litert_torch: Any, graph: Any, signatures: dict[str, tuple], out: Path) -> None:
