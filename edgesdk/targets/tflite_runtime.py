@@ -27,9 +27,9 @@ calibration judges (on the verification data when given):
   reads a float model output stays float too), plus as many of calibration's next most
   sensitive layers as the budget needs (a LiteRT int8 layer also rounds its output to int8),
   chosen by calibration's own search (``float_layers_added``, ``float_layer_search``). The float
-  layers to which the ONNX int8 gives int8 weight blocks get int8 weights per channel here,
-  computing in float (LiteRT has no int8 blocks), all but the fewest most sensitive the budget
-  needs float whole (``float_layers_int8_weights``, ``int8_weight_search``). Image
+  layers to which the ONNX int8 gives int8 weight blocks (LiteRT has no int8 blocks), and those
+  added for LiteRT, get int8 weights per channel, computing in float, all but the fewest most
+  sensitive the budget needs float whole (``float_layers_int8_weights``, ``int8_weight_search``). Image
   models: every op but the head writing the outputs, int8 pixels in (uint8 minus 128: the
   input's range is 0..255); outputs float (XNNPACK garbles an int8 output another op reads).
   Text models: the layers with weights (fully connected) and the token embedding tables
@@ -77,7 +77,7 @@ RECIPES = {  # edgesdk's name: (ai-edge-quantizer's recipe, what it is)
 }
 
 
-WEIGHT_ONLY = "int8 per channel, float compute"  # a float layer's weights where the ONNX int8 has int8 blocks
+WEIGHT_ONLY = "int8 per channel, float compute"  # a float layer's int8 weights (``_int8_weights``)
 MAX_FLOAT_SHARE = 0.5  # a full-integer model with more of its layers float gives way to dynamic range
 
 SIGNATURES = 4  # sequence lengths of a text model: max_length, and halved down to MIN_LENGTH
@@ -226,8 +226,8 @@ class TfliteTarget(Target):
         float_layers = kept | set(added)
         int8_weights, weights_effect, weight_steps = frozenset(), None, []
         if meets(e, budget, **JUDGEMENTS[judgement]):
-            int8_weights, weights_effect, weight_steps = _int8_weights(full, out, calibration, float_layers, judged,
-                                                                       budget, judgement)
+            int8_weights, weights_effect, weight_steps = _int8_weights(full, out, calibration, kept, set(added),
+                                                                       judged, budget, judgement)
         static = full.write(out, float_layers, int8_weights)
         return weights_effect or e, {
             "float_layers": static.float_layers, "float_layers_added": added,
@@ -236,16 +236,19 @@ class TfliteTarget(Target):
         }, judgement
 
 
-def _int8_weights(full: FullInteger, out: Path, calibration: Any, float_layers: set[str],
+def _int8_weights(full: FullInteger, out: Path, calibration: Any, kept: set[str], added: set[str],
                   judged: Callable[[Path], dict[str, Any]], budget: Any, judgement: str
                   ) -> tuple[frozenset[str], dict[str, Any] | None, list[dict[str, Any]]]:
-    """Of ``float_layers``, those to which the ONNX int8 gives int8 weight blocks that keep the
-    budget here with int8 weights per channel (LiteRT has no int8 blocks), computing in float:
-    all but the fewest most sensitive, by calibration's own search. Returns them, their effect
-    (None when none) and the steps."""
+    """Of the float layers (calibration's ``kept`` and those ``added`` for LiteRT), those that keep
+    the budget with int8 weights per channel, computing in float: of calibration's, those to which
+    the ONNX int8 gives int8 weight blocks (LiteRT has no int8 blocks), and every one added for
+    LiteRT (static int8 in the ONNX int8); all but the fewest most sensitive, by calibration's own
+    search. Returns them, their effect (None when none) and the steps."""
     from edgesdk.calibration.calibrate import search_float_layers
 
-    candidates = [s for s in calibration.sensitivity if s["node"] in calibration.blocks and s["layer"] in float_layers]
+    candidates = [s for s in calibration.sensitivity
+                  if s["layer"] in added or (s["layer"] in kept and s["node"] in calibration.blocks)]
+    float_layers = kept | added
     if not candidates:
         return frozenset(), None, []
 
