@@ -128,7 +128,7 @@ def _verify(args: argparse.Namespace) -> int:
          f"({result.agreeing}/{result.samples}, 95% lower bound {result.agreement_lower:.2%}){acc} ({result.reason})")
     for note in result.notes:
         _say(f"  note: {note}")
-    return EXIT_OK if result else EXIT_GATE_FAILED
+    return EXIT_GATE_FAILED if result.status == "fail" else EXIT_OK
 
 
 def _thresholds(args: argparse.Namespace, precision: str):
@@ -282,7 +282,8 @@ def _parser(choices: bool = False) -> argparse.ArgumentParser:
     sub = _Subcommands(parser.add_subparsers(dest="command", required=True), common)
     _convert_parser(sub, choices)
 
-    v = sub.add_parser("verify", help="re-check a bundle's parity; exit 1 when it fails")
+    v = sub.add_parser("verify", help="re-check a bundle's parity; exit 1 when it fails (a TensorRT bundle is "
+                                       "checked in its onnxruntime proxy and said to be skipped)")
     v.add_argument("bundle")
     v.add_argument("--data", required=True, help="samples to check (same formats as --verify-on)")
     v.add_argument("--model", help="compute PyTorch's outputs with this model instead of the stored ones")

@@ -6,7 +6,7 @@ Numpy only, so the torch-free runtime can run a bundle's self-check with the sam
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -14,7 +14,7 @@ import numpy as np
 from .errors import InputError
 from .stats import labels_to_show, paired_drop_upper, samples_to_show, softmax, wilson_interval
 
-__all__ = ["Thresholds", "ParityResult", "ParityAccumulator", "LogHistogram", "compare", "gates", "skipped",
+__all__ = ["Thresholds", "ParityResult", "ParityAccumulator", "LogHistogram", "compare", "gates", "skipped", "as_proxy",
            "default_thresholds"]
 
 
@@ -142,6 +142,14 @@ def gates(result: ParityResult) -> list[tuple[str, str, str]]:
 def skipped(reason: str, thresholds: Thresholds) -> ParityResult:
     """A parity that could not run here, with the reason a person reads."""
     return ParityResult(status="skipped", reason=reason, thresholds=thresholds)
+
+
+def as_proxy(result: ParityResult, unavailable: str, proxy: str) -> ParityResult:
+    """``result``, measured in a proxy runtime, as the real runtime's: "skipped" (the real runtime
+    did not run: ``unavailable`` says why) with every figure of the proxy, or "fail" when even
+    the proxy misses the thresholds; ``proxy`` says what ran, in words."""
+    return replace(result, status="fail" if result.status == "fail" else "skipped",
+                   reason=f"{unavailable}; proxy: {result.reason}", notes=[*result.notes, f"figures: {proxy}"])
 
 
 class LogHistogram:

@@ -42,13 +42,14 @@ from .errors import EdgeSDKError, InputError
 from .fidelity import PruningFidelity
 from .figures import BundleFigures
 from .models import Classifier, TextClassifier
-from .parity import ParityAccumulator, ParityResult, Thresholds, default_thresholds, skipped
+from .parity import ParityAccumulator, ParityResult, Thresholds, as_proxy, default_thresholds, skipped
 from .progress import Steps
 from .report import write_report
 from .robustness import perturb
 from .runtime.bundle import Bundle
 from .runtime.encode import encoder_for
 from .runtime.runner import import_runtime
+from .runtime.runners import RUNNERS
 from .spec import ModelSpec, TextPreprocessing
 from .targets import TARGETS, Target
 from .targets.base import RANGES_FILE, RANGES_PURPOSE
@@ -297,7 +298,7 @@ def _build_one(target: Target, precision: str, config: ConvertConfig, classifier
     reason = target.parity_skip_reason()
     if verification is None:
         record.parity = skipped("no verification data was given (pass verify_on / --verify-on)", thresholds)
-    elif reason and target.proxy_runtime:
+    elif reason and RUNNERS.get(target.name).proxy_runtime:
         record.parity = _proxy_parity(Bundle.open(folder), target, record, verification, thresholds, reason, update)
     elif reason:
         record.parity = skipped(reason, thresholds)
@@ -391,9 +392,9 @@ def _proxy_parity(bundle: Bundle, target: Target, record: BundleRecord, verifica
                   thresholds: Thresholds, reason: str, update: Progress) -> ParityResult:
     """Parity of the bundle's model file in a proxy runtime: "skipped" (the real runtime did not
     run) with every figure of the proxy, or "fail" when even the proxy misses the thresholds."""
-    result, record.figures, _ = _stream(bundle, verification, thresholds, update, runtime=target.proxy_runtime)
-    return replace(result, status="fail" if result.status == "fail" else "skipped",
-                   reason=f"{reason}; proxy: {result.reason}", notes=[*result.notes, f"figures: {target.proxy}"])
+    runner = RUNNERS.get(target.name)
+    result, record.figures, _ = _stream(bundle, verification, thresholds, update, runtime=runner.proxy_runtime)
+    return as_proxy(result, reason, runner.proxy)
 
 
 def _robustness(bundle: Bundle, verification: Verification, head: np.ndarray) -> dict[str, dict[str, float]]:

@@ -14,9 +14,10 @@ import numpy as np
 
 from .data import iter_samples
 from .errors import BundleError, InputError
-from .parity import ParityAccumulator, ParityResult, Thresholds
+from .parity import ParityAccumulator, ParityResult, Thresholds, as_proxy
 from .runtime.bundle import Bundle
 from .runtime.encode import row_digest
+from .runtime.runners import RUNNERS
 
 __all__ = ["verify_bundle"]
 
@@ -64,6 +65,7 @@ def verify_bundle(
 ) -> ParityResult:
     """Parity of the bundle at ``path`` on ``data``, streamed a chunk at a time; truthy when
     within the thresholds. ``thresholds`` defaults to those recorded in the bundle at conversion time.
+    A runtime that cannot run here (TensorRT) is checked in its proxy, "skipped" with the proxy's figures.
     """
     bundle = Bundle.open(path)
     if thresholds is None:
@@ -81,9 +83,11 @@ def verify_bundle(
 
         def reference(items: list, rows: list) -> np.ndarray:
             return stored(rows)
+    runtime = RUNNERS.get(bundle.target)
+    unavailable = runtime.unavailable_reason() if runtime.proxy_runtime else None
     parity = ParityAccumulator(thresholds)
-    with bundle.runner() as runner:
+    with bundle.runner(runtime.proxy_runtime if unavailable else None) as runner:
         for samples in iter_samples(data, bundle.spec):
             rows = bundle.encoder.encode(samples.items)
             parity.add_run(reference(samples.items, rows), bundle.run_rows(rows, runner=runner), samples.labels)
-    return parity.result()
+    return as_proxy(parity.result(), unavailable, runtime.proxy) if unavailable else parity.result()

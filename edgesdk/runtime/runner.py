@@ -7,6 +7,7 @@ runtime's runner only loads its model and calls its runtime.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -30,6 +31,17 @@ def import_runtime(module: str, extra: str):
 
 class Runner:
     """Runs one bundle's model file; use as a context manager around ``infer``."""
+
+    # where this runtime cannot run on this machine (``unavailable_reason`` says why): the
+    # registered name of another runner that runs the same model file as a proxy, and that
+    # proxy in words
+    proxy_runtime: ClassVar[str | None] = None
+    proxy: ClassVar[str] = ""
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this runtime cannot run its bundles on this machine, or None when it can."""
+        return None
 
     def __init__(self, model_path: Path, spec: ModelSpec) -> None:
         self.model_path = Path(model_path)

@@ -33,10 +33,6 @@ class Target:
     distribution: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]]
     model_file: ClassVar[str]
-    # where this runtime cannot run here: another target's runner that runs the same model
-    # file as a proxy, and what that proxy is, in words
-    proxy_runtime: ClassVar[str | None] = None
-    proxy: ClassVar[str] = ""
     # what each file this target writes is for, in the manifest
     purposes: ClassVar[dict[str, str]] = {}
 
@@ -60,7 +56,7 @@ class Target:
 
     def parity_skip_reason(self) -> str | None:
         """Why parity cannot run on this machine, or None when it can."""
-        return None
+        return RUNNERS.get(self.name).unavailable_reason()
 
     @classmethod
     def runner(cls, model_path: Path, spec: ModelSpec) -> Runner:

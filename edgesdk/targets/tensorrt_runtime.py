@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edgesdk.runtime.runners import BUILD_SCRIPT, tensorrt_unavailable_reason
+from edgesdk.runtime.runners import BUILD_SCRIPT
 
 from .base import TARGETS, Target
 
@@ -100,11 +100,8 @@ class TensorRtTarget(Target):
     distribution = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
     model_file = "model.onnx"
-    proxy_runtime = "onnx"
     purposes = {"model.onnx": "the model TensorRT's ONNX parser builds the engine from",
                 BUILD_SCRIPT: "builds the TensorRT engine on the GPU it will run on"}
-    proxy = ("TensorRT's model.onnx (for int8: its symmetric Q/DQ) run in onnxruntime as a proxy; the engine was "
-             "not built here")
 
     def build(self, artifacts: Any, precision: str, folder: Path) -> dict[str, Any]:
         notes: dict[str, Any] = {"engine": f"built on the target GPU by {BUILD_SCRIPT}"}
@@ -122,9 +119,6 @@ class TensorRtTarget(Target):
         if _has_attention(folder / self.model_file):
             notes["parser"] = "TensorRT 10.14 or later: the model has ONNX Attention (opset 23)"
         return notes
-
-    def parity_skip_reason(self) -> str | None:
-        return tensorrt_unavailable_reason()
 
 
 def _has_attention(model: Path) -> bool:
