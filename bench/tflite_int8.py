@@ -20,7 +20,8 @@ verification split), and from the same float .tflite the bench writes every vari
 Per variant, on the test split (never used by the conversion): top-1 agreement with the fp32
 .tflite, accuracy, latency per sample (median, batch 1, XNNPACK, 2 threads; text: a 10-token
 and a 128-token text, rounds alternating the variants), bytes, and the share of ops whose
-outputs are all integer tensors. CPU flags are recorded.
+outputs are all integer tensors. CPU flags are recorded, and the bundle's own searches (every
+configuration its float-layer and int8-weight searches tried, ``edgesdk_searches``).
 
 Usage: python bench/tflite_int8.py [--rounds N] [--results NAME]
 Writes bench/results/tflite_int8.json (``--results tflite_int8_avx2``: bench/results/tflite_int8_avx2.json,
@@ -187,7 +188,9 @@ def bench_case(case: dict, work: Path, rounds: int) -> dict:
         }
     return {"test_samples": len(rows), "float_layers": case["float_layers"], "edgesdk_recipe": build["recipe"],
             "edgesdk_float_layers_added": build.get("float_layers_added", []),
-            "edgesdk_float_layers_int8_weights": build.get("float_layers_int8_weights", []), "variants": table}
+            "edgesdk_float_layers_int8_weights": build.get("float_layers_int8_weights", []),
+            "edgesdk_searches": {key: build.get(key, []) for key in ("float_layer_search", "int8_weight_search")},
+            "variants": table}
 
 
 def _print(name: str, result: dict) -> None:

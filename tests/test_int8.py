@@ -121,6 +121,31 @@ def test_a_second_search_keeps_the_judgement_it_is_given():
     assert judged == "point" and kept == 7
 
 
+def test_litert_int8_weights_go_to_the_block_layers_first_then_to_those_added_on_top(tmp_path):
+    """Calibration's float layers lead its ranking: searched with the layers LiteRT adds, a cheap
+    block layer would stay float whole behind costly added ones; searched first, it gets int8 weights."""
+    from types import SimpleNamespace
+
+    from edgesdk.targets.tflite_runtime import _int8_weights
+
+    costly = {"a1", "a2", "a3"}  # int8 weights on each of these costs 10 answers; the block layer "k0" one
+    added = {f"a{i}" for i in range(1, 10)}
+    calibration = SimpleNamespace(sensitivity=[{"node": n, "layer": n} for n in ["k0", *sorted(added)]], blocks={"k0"})
+    written = []
+    full = SimpleNamespace(write=lambda out, float_layers, int8_weights: written.append(set(int8_weights)))
+
+    def judged(out):
+        k = 1 + ("k0" in written[-1]) + 10 * len(costly & written[-1])
+        return {"samples": 1000, "agreeing": 1000 - k, "expected_changes": float(k), "kl": k / 1000, "labeled": 0,
+                "lost": 0, "gained": 0, "accuracy_drop": None}
+
+    chosen, effect, steps = _int8_weights(full, tmp_path / "m.tflite", calibration, {"k0"}, added, judged,
+                                          Budget(0.99), "bound")
+    assert chosen == {"k0"} | added - costly and effect["expected_changes"] == 2
+    phases = [s["phase"] for s in steps]
+    assert phases[0] == 1 and phases[-1] == 2 and phases == sorted(phases)
+
+
 def test_search_judges_on_points_when_the_data_cannot_show_the_bound():
     ranked = [{"node": f"n{i}"} for i in range(6)]
     changes = {0: 9, 1: 4, 2: 3, 3: 2, 4: 2, 5: 2, 6: 2}  # 300 samples: 2 changes can never show 99%

@@ -78,14 +78,32 @@ def test_tflite_int8_is_full_integer_with_edgesdk_float_layers_and_more_where_li
     assert "Ops computing in float (in each signature): " in html
 
 
-def test_every_weight_layer_of_the_text_model_is_found_in_its_tflite(demo_out):
+def test_every_weight_layer_of_the_demo_models_is_found_in_their_tflite(demo_out):
     from edgesdk.targets.tflite_int8 import float_layer_weights, static_plan
 
-    calibration = json.loads((demo_out / "text" / "onnx-int8" / "manifest.json").read_text())["build"]["calibration"]
-    weights = float_layer_weights(demo_out / "text" / "onnx-fp32" / "model.onnx", calibration["sensitivity"])
-    assert len(weights) == calibration["quantizable_layers"]
-    plan = static_plan(demo_out / "text" / "tflite-fp32" / "model.tflite", weights, weight_layers_only=True)
-    assert plan.unmatched == [] and plan.float_layers == sorted(weights)  # LayerNorm-scaled weights found too
+    for kind in ("text", "image"):
+        calibration = json.loads((demo_out / kind / "onnx-int8" / "manifest.json").read_text())["build"]["calibration"]
+        weights = float_layer_weights(demo_out / kind / "onnx-fp32" / "model.onnx", calibration["sensitivity"])
+        assert len(weights) == calibration["quantizable_layers"]
+        plan = static_plan(demo_out / kind / "tflite-fp32" / "model.tflite", weights, weight_layers_only=kind == "text")
+        # found too: LayerNorm-scaled weights; the first conv, with the pixel normalization folded in
+        assert plan.unmatched == [] and plan.float_layers == sorted(weights), kind
+
+
+def test_a_first_convolution_with_the_input_normalization_folded_in_is_found_in_its_tflite():
+    """LiteRT folds an image model's per-channel input scale into its first convolution, and writes a
+    convolution of one input channel as depthwise: the layer is still found by its weight (a float
+    layer there stays float), and a convolution of the same shape with other weights is not."""
+    from edgesdk.targets.tflite_int8 import _matching_layer, _weight_prints
+
+    rng = np.random.default_rng(0)
+    rgb, gray, other = (rng.normal(size=shape).astype(np.float32) for shape in ((8, 3, 3, 3), (16, 1, 3, 3),
+                                                                               (8, 3, 3, 3)))
+    prints = _weight_prints({"stem": rgb, "stem_gray": gray})
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    assert _matching_layer(np.transpose(rgb / std[None, :, None, None], (0, 2, 3, 1)), prints) == "stem"
+    assert _matching_layer(np.transpose(gray / 0.35, (1, 2, 3, 0)), prints) == "stem_gray"  # depthwise (1, kh, kw, out)
+    assert _matching_layer(np.transpose(other, (0, 2, 3, 1)), prints) is None
 
 
 def test_full_integer_text_tflite_quantizes_its_weight_layers_in_every_signature(demo_out, tmp_path):

@@ -61,7 +61,7 @@ from .smooth import SMOOTH_ALPHA, ChannelMax, drop_idle_smoothing, smooth_model,
 log = logging.getLogger(__name__)
 
 __all__ = ["Budget", "Calibration", "Judge", "LayerChoice", "calibrate", "held_aside", "search_float_layers",
-           "judgement_caveat", "MIN_SAMPLES", "MAX_JUDGE_SAMPLES", "RANK_SAMPLES", "JUDGEMENTS"]
+           "search_int8_weights", "judgement_caveat", "MIN_SAMPLES", "MAX_JUDGE_SAMPLES", "RANK_SAMPLES", "JUDGEMENTS"]
 
 MIN_SAMPLES = 20
 MAX_JUDGE_SAMPLES = 2000
@@ -174,14 +174,8 @@ class _Search:
         and ``judged`` judgement. Returns them, their effect (None when none) and the steps."""
         can = blockable(self.model)
         candidates = [s for s in ranked if s["node"] in float_nodes and s["node"] in can]
-        if not candidates:
-            return set(), None, []
-        nodes = {s["node"] for s in candidates}
-        kept, chosen, steps, _ = search_float_layers(
-            candidates, lambda whole: self.trial(float_nodes, blocks=nodes - whole), self.budget, self.progress,
-            judged=judged)
-        blocks = {s["node"] for s in candidates[kept:]}
-        return blocks, chosen if blocks else None, steps
+        return search_int8_weights(candidates, lambda blocks: self.trial(float_nodes, blocks=blocks), self.budget,
+                                   self.progress, judged)
 
 
 @dataclass
@@ -383,6 +377,22 @@ def search_float_layers(ranked: list[dict[str, Any]], trial: Callable[[set[str]]
         kept = min(tried, key=lambda k: (changes_with_margin(tried[k]), tried[k]["kl"], k))
     steps = [{"float_layers": k, **tried[k]} for k in sorted(tried)]
     return kept, tried[kept], steps, judged
+
+
+def search_int8_weights(candidates: list[dict[str, Any]], trial: Callable[[set[str]], dict[str, Any]],
+                        budget: Budget, progress: Progress, judged: str
+                        ) -> tuple[set[str], dict[str, Any] | None, list[dict[str, Any]]]:
+    """Of ``candidates`` (float layers, most sensitive first), those that keep the budget with
+    int8 weights, computing in float: all but the fewest most sensitive, by ``search_float_layers``
+    and its ``judged`` judgement. ``trial`` judges a set of candidates' nodes given int8 weights.
+    Returns those nodes, their effect (None when none) and every configuration tried."""
+    if not candidates:
+        return set(), None, []
+    nodes = {s["node"] for s in candidates}
+    whole, chosen, steps, _ = search_float_layers(candidates, lambda kept: trial(nodes - kept), budget, progress,
+                                                  judged=judged)
+    picked = {s["node"] for s in candidates[whole:]}
+    return picked, chosen if picked else None, steps
 
 
 def _observe(model: Any, rows: list, encoder, names: list[str], channels: set[str],

@@ -193,31 +193,48 @@ def builtin_op_names() -> dict[int, str]:
 
 @dataclass(frozen=True)
 class _WeightPrint:
-    """What identifies a layer's weight in the .tflite: its values sorted (any layout) and, for a
-    matrix, both orientations with unit columns (LiteRT folds a LayerNorm's scale into the
-    weight of the fully-connected layer it feeds: one factor per input channel)."""
+    """What identifies a layer's weight in the .tflite: its values sorted (any layout) and its
+    input channels as unit columns, where LiteRT folds one factor per input channel into the
+    weight: a LayerNorm's scale into the fully-connected layer it feeds (a matrix: both
+    orientations), an image model's input normalization into its first convolution (ONNX's
+    (out, in, kh, kw) read as (out * kh * kw, in))."""
 
     values: np.ndarray
     unit_columns: tuple[np.ndarray, ...]
 
 
 def _weight_prints(weights: dict[str, np.ndarray]) -> dict[str, _WeightPrint]:
-    return {layer: _WeightPrint(np.sort(w.ravel()), (_unit_columns(w), _unit_columns(w.T)) if w.ndim == 2 else ())
-            for layer, w in weights.items()}
+    def columns(w: np.ndarray) -> tuple[np.ndarray, ...]:
+        if w.ndim == 2:
+            return _unit_columns(w), _unit_columns(w.T)
+        return (_unit_columns(np.moveaxis(w, 1, -1).reshape(-1, w.shape[1])),) if w.ndim == 4 else ()
+
+    return {layer: _WeightPrint(np.sort(w.ravel()), columns(w)) for layer, w in weights.items()}
+
+
+def _tflite_columns(weight: np.ndarray) -> list[np.ndarray]:
+    """A .tflite weight's input channels as unit columns: a fully-connected (out, in) one's; a
+    convolution's (out, kh, kw, in), or a depthwise one's (1, kh, kw, out), as (out * kh * kw, in)."""
+    if weight.ndim == 2:
+        return [_unit_columns(weight)]
+    if weight.ndim != 4:
+        return []
+    return [_unit_columns(weight.reshape(-1, weight.shape[-1])),
+            _unit_columns(np.transpose(weight, (3, 1, 2, 0)).reshape(-1, weight.shape[0]))]
 
 
 def _matching_layer(weight: np.ndarray, prints: dict[str, _WeightPrint]) -> str | None:
-    """The layer of ``prints`` whose weight ``weight`` is (a fully-connected one's is (out, in))."""
+    """The layer of ``prints`` whose weight ``weight`` is, in LiteRT's layout."""
     values = None
     for layer, p in prints.items():
         if p.values.size == weight.size:
             values = np.sort(weight.ravel()) if values is None else values
             if np.allclose(values, p.values, rtol=1e-5, atol=1e-7):
                 return layer
-    columns = _unit_columns(weight) if weight.ndim == 2 else None
+    candidates = _tflite_columns(weight)
     for layer, p in prints.items():
-        if columns is not None and any(c.shape == columns.shape and np.allclose(c, columns, rtol=1e-4, atol=1e-6)
-                                       for c in p.unit_columns):
+        if any(c.shape == t.shape and np.allclose(c, t, rtol=1e-4, atol=1e-6) for c in p.unit_columns
+               for t in candidates):
             return layer
     return None
 

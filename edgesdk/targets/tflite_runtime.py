@@ -29,7 +29,8 @@ calibration judges (on the verification data when given):
   chosen by calibration's own search (``float_layers_added``, ``float_layer_search``). The float
   layers to which the ONNX int8 gives int8 weight blocks (LiteRT has no int8 blocks), and those
   added for LiteRT, get int8 weights per channel, computing in float, all but the fewest most
-  sensitive the budget needs float whole (``float_layers_int8_weights``, ``int8_weight_search``). Image
+  sensitive the budget needs float whole, searched in that order, one set after the other
+  (``float_layers_int8_weights``, ``int8_weight_search``). Image
   models: every op but the head writing the outputs, int8 pixels in (uint8 minus 128: the
   input's range is 0..255); outputs float (XNNPACK garbles an int8 output another op reads).
   Text models: the layers with weights (fully connected) and the token embedding tables
@@ -240,31 +241,36 @@ def _int8_weights(full: FullInteger, out: Path, calibration: Any, kept: set[str]
                   judged: Callable[[Path], dict[str, Any]], budget: Any, judgement: str
                   ) -> tuple[frozenset[str], dict[str, Any] | None, list[dict[str, Any]]]:
     """Of the float layers (calibration's ``kept`` and those ``added`` for LiteRT), those that keep
-    the budget with int8 weights per channel, computing in float: of calibration's, those to which
-    the ONNX int8 gives int8 weight blocks (LiteRT has no int8 blocks), and every one added for
-    LiteRT (static int8 in the ONNX int8); all but the fewest most sensitive, by calibration's own
-    search. Returns them, their effect (None when none) and the steps."""
-    from edgesdk.calibration.calibrate import search_float_layers
+    the budget with int8 weights per channel, computing in float, in two searches: first those of
+    calibration's to which the ONNX int8 gives int8 weight blocks (LiteRT has no int8 blocks),
+    then, on top, those added for LiteRT (static int8 in the ONNX int8); each takes all but its
+    fewest most sensitive, by calibration's own search (``search_int8_weights``). Two searches,
+    since calibration's float layers lead its ranking whatever they cost in LiteRT. Returns the
+    layers, their effect (None when none) and the steps of both searches (``phase`` 1 or 2)."""
+    from edgesdk.calibration.calibrate import search_int8_weights
 
-    candidates = [s for s in calibration.sensitivity
-                  if s["layer"] in added or (s["layer"] in kept and s["node"] in calibration.blocks)]
-    float_layers = kept | added
-    if not candidates:
-        return frozenset(), None, []
+    layer = {s["node"]: s["layer"] for s in calibration.sensitivity}
+    float_layers, chosen, effect, steps = kept | added, frozenset(), None, []
+    for phase, candidates in enumerate((
+            [s for s in calibration.sensitivity if s["layer"] in kept and s["node"] in calibration.blocks],
+            [s for s in calibration.sensitivity if s["layer"] in added]), start=1):
 
-    def trial(whole: set[str]) -> dict[str, Any]:
-        full.write(out, float_layers, frozenset(s["layer"] for s in candidates if s["node"] not in whole))
-        return judged(out)
+        def trial(nodes: set[str], before: frozenset[str] = chosen) -> dict[str, Any]:
+            full.write(out, float_layers, before | {layer[n] for n in nodes})
+            return judged(out)
 
-    count, e, steps, _ = search_float_layers(candidates, trial, budget, None, judged=judgement)
-    chosen = frozenset(s["layer"] for s in candidates[count:])
-    return chosen, e if chosen else None, steps
+        nodes, found, tried = search_int8_weights(candidates, trial, budget, None, judgement)
+        chosen, effect = chosen | {layer[n] for n in nodes}, found or effect
+        steps += [{**step, "phase": phase} for step in tried]
+    return chosen, effect, steps
 
 
 def _steps(steps: list[dict[str, Any]], counted: str) -> list[dict[str, Any]]:
-    """A search's steps as the manifest lists them: the layers ``counted`` and the answers kept."""
-    return [{counted: step["float_layers"], "agreeing": step["agreeing"], "samples": step["samples"],
-             "expected_changes": step["expected_changes"]} for step in steps]
+    """A search's steps as the manifest lists them: the layers ``counted``, the answers kept, and
+    the search's ``phase`` where it had several."""
+    return [{**({"phase": step["phase"]} if "phase" in step else {}), counted: step["float_layers"],
+             "agreeing": step["agreeing"], "samples": step["samples"], "expected_changes": step["expected_changes"]}
+            for step in steps]
 
 
 def _smoothed_float_model(artifacts: Any, float_model: Path, kept: set[str]) -> Path:
