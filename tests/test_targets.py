@@ -70,7 +70,9 @@ def test_tflite_int8_is_full_integer_with_edgesdk_float_layers_and_more_where_li
         int8_weights = set(tflite["float_layers_int8_weights"])
         blocks = {f["layer"] for f in onnx_int8["calibration"]["float_layers"] if f["weights"] != "float"}
         assert int8_weights <= blocks | set(added)  # weight-only: the ONNX int8's weight blocks, LiteRT's additions
-        assert int8_weights == {f["layer"] for f in tflite["calibration"]["float_layers"] if f["weights"] != "float"}
+        # calibration's own float layers say which of them LiteRT gave int8 weights
+        assert int8_weights & edgesdk_float == {f["layer"] for f in tflite["calibration"]["float_layers"]
+                                                if f["weights"] != "float"}
         assert not (tflite["integer_only"] and tflite["float_layers"])
         weight_ops = tflite["float_ops"].get("FULLY_CONNECTED", 0) + tflite["float_ops"].get("CONV_2D", 0)
         assert weight_ops >= len(tflite["float_layers"])  # each one float in the .tflite
