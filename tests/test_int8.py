@@ -58,6 +58,14 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         assert all(r["lo"] <= 0 <= r["hi"] for r in ranges["activations"].values())
     text_int8 = onnx.load(str(demo_out / "text" / "onnx-int8" / "model.onnx"))  # onnxruntime's integer form
     assert "MatMulIntegerToFloat" in {n.op_type for n in text_int8.graph.node}
+    # onnxruntime runs int8 Convs of the image model as integer Convs (not one that feeds a float layer,
+    # whose output stays float) and quantizes none of the float ones itself
+    image = json.loads((demo_out / "image" / "onnx-int8" / "manifest.json").read_text())["build"]["calibration"]
+    convs = [s["layer"] for s in image["sensitivity"] if s["op"] == "Conv"]
+    float_convs = [f for f in image["float_layers"] if f["op"] == "Conv"]
+    ops = _onnxruntime_ops(onnx.load(str(demo_out / "image" / "onnx-int8" / "model.onnx")), demo_out.parent)
+    assert 1 <= ops.count("QLinearConv") <= len(convs) - len(float_convs)
+    assert ops.count("QLinearConv") + ops.count("Conv") + ops.count("FusedConv") == len(convs)
     fp32 = (demo_out / "text" / "onnx-fp32" / "model.onnx").stat().st_size
     # int8 embedding rows and int8 layers; the layers the bound needs on the demo's near-tie traffic stay float
     assert (demo_out / "text" / "onnx-int8" / "model.onnx").stat().st_size < 0.9 * fp32
@@ -444,6 +452,15 @@ def test_smoothing_of_an_attention_output_goes_into_the_value_projection():
     assert np.allclose(ort_session(int8.SerializeToString()).run(["logits"], {"x": x})[0], before, rtol=1e-5, atol=1e-5)
 
 
+class _ArrayRows:
+    """An encoder of rows that are arrays: batches them as the model's input ``x``."""
+
+    def batches(self, rows, batch_size):
+        for start in range(0, len(rows), batch_size):
+            idx = list(range(start, min(len(rows), start + batch_size)))
+            yield idx, {"x": np.stack([rows[i] for i in idx])}
+
+
 def test_layers_are_ranked_by_what_int8_does_to_the_answers_not_by_their_own_snr():
     """A layer whose own output int8 ruins (its range is far too wide) but whose output barely
     reaches the logits ranks below one with a fine output that makes the logits."""
@@ -453,12 +470,6 @@ def test_layers_are_ranked_by_what_int8_does_to_the_answers_not_by_their_own_snr
     from edgesdk.calibration.onnx_run import onnx_logits
     from edgesdk.calibration.qdq import qdq_model, quantizable_nodes
     from edgesdk.calibration.sensitivity import local_snr
-
-    class Rows:
-        def batches(self, rows, batch_size):
-            for start in range(0, len(rows), batch_size):
-                idx = list(range(start, min(len(rows), start + batch_size)))
-                yield idx, {"x": np.stack([rows[i] for i in idx])}
 
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
@@ -477,10 +488,10 @@ def test_layers_are_ranked_by_what_int8_does_to_the_answers_not_by_their_own_snr
     rows = list(rng.normal(size=(64, 8)).astype(np.float32))
     ranges = {"xa": (-1000.0, 1000.0), "xb": (-4.0, 4.0)}
     nodes = quantizable_nodes(model)
-    search = _Search(model, ranges, {n.node for n in nodes}, Judge(rows, np.full(64, -1), "test"), Rows(),
-                     onnx_logits(model, rows, Rows()), Budget())
+    search = _Search(model, ranges, {n.node for n in nodes}, Judge(rows, np.full(64, -1), "test"), _ArrayRows(),
+                     onnx_logits(model, rows, _ArrayRows()), Budget())
     kl = search.kl_alone(nodes)
-    snr = local_snr(model, qdq_model(model, ranges, {n.node for n in nodes})[0], nodes, rows, Rows())
+    snr = local_snr(model, qdq_model(model, ranges, {n.node for n in nodes})[0], nodes, rows, _ArrayRows())
     assert snr["fc_a"] < snr["fc_b"]  # its own output is the worse one...
     assert kl["fc_b"] > 10 * kl["fc_a"] > 0  # ...but the answers feel fc_b
 
@@ -604,3 +615,66 @@ def test_onnxruntime_int8_kernels_compute_the_exact_int8_model_at_extreme_activa
     assert kernels & {"MatMulIntegerToFloat", "QLinearConv"}  # the integer kernel ran, not a float one
     assert np.abs(expected).max() > 10 * (step + 1e-3)
     assert np.allclose(got, expected, rtol=1e-4, atol=step + 1e-4)  # one output step at most
+
+
+def _residual_cnn():
+    """conv1 -> Relu -> conv2, plus the Relu's output (a residual Add) -> pool -> Gemm head."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    constants = {"w1": rng.normal(0, 0.3, (8, 3, 3, 3)), "b1": rng.normal(0, 0.1, 8),
+                 "w2": rng.normal(0, 0.2, (8, 8, 3, 3)), "b2": rng.normal(0, 0.1, 8),
+                 "wh": rng.normal(0, 0.5, (4, 8)), "bh": rng.normal(0, 0.1, 4)}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+         helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+         helper.make_node("Add", ["c2", "r1"], ["sum"], name="residual"),
+         helper.make_node("GlobalAveragePool", ["sum"], ["pooled"], name="pool"),
+         helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+         helper.make_node("Gemm", ["flat", "wh", "bh"], ["logits"], name="head", transB=1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 12, 12])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 4])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in constants.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _onnxruntime_ops(model, tmp_path) -> list[str]:
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+
+
+def test_calibrated_convs_run_as_integer_convs_in_onnxruntime(tmp_path):
+    """Each int8 Conv's output (after its Relu where that is its only reader) gets a calibrated
+    range and a QuantizeLinear that every reader reads through, so onnxruntime runs the Conv as
+    ``QLinearConv``; without one it runs a float Conv on the dequantized weight."""
+    import onnx
+
+    from edgesdk.calibration.calibrate import Judge, LayerChoice, calibrate
+    from edgesdk.calibration.qdq import conv_outputs, qdq_model
+
+    model = _residual_cnn()
+    assert conv_outputs(model, {"conv1", "conv2", "head"}) == {"conv1": "r1", "conv2": "c2"}
+    fp32 = tmp_path / "cnn.onnx"
+    onnx.save_model(model, str(fp32))
+    rows = list(np.random.default_rng(1).normal(size=(64, 3, 12, 12)).astype(np.float32))
+    result = calibrate(fp32, rows, np.full(64, -1), _ArrayRows(), tmp_path / "work",
+                       judge=Judge(rows, np.full(64, -1), "test"), choice=LayerChoice(int8_layers=("*",)))
+    ranges = result.ranges["activations"]
+    assert {"r1", "c2"} <= {name for name, r in ranges.items() if r["quantized"]} and ranges["r1"]["lo"] == 0
+    ops = _onnxruntime_ops(onnx.load(str(result.model)), tmp_path)
+    assert ops.count("QLinearConv") == 2 and "Conv" not in ops and "FusedConv" not in ops
+    known = {k: (r["lo"], r["hi"]) for k, r in ranges.items()}
+    # the same layers with only their inputs quantized: onnxruntime runs conv2 in float
+    inputs_only, _ = qdq_model(result.float_model, {k: r for k, r in known.items() if k != "c2"},
+                               set(result.quantized_nodes))
+    assert _onnxruntime_ops(inputs_only, tmp_path).count("QLinearConv") == 1
+    # conv2 float: conv1's output is not quantized for it, or onnxruntime would quantize conv2's float
+    # weight itself (and then conv1 runs in float too: a float reader keeps its output float)
+    ops = _onnxruntime_ops(qdq_model(result.float_model, known, set(result.quantized_nodes) - {"conv2"})[0], tmp_path)
+    assert "QLinearConv" not in ops and ops.count("Conv") + ops.count("FusedConv") == 2

@@ -49,6 +49,7 @@ from .qdq import (
     QuantNode,
     activation_qparams,
     blockable,
+    conv_outputs,
     int8_weight_blocks,
     qdq_model,
     quantizable_nodes,
@@ -467,7 +468,8 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
     forced_float, forced_int8 = choice.resolve(quantizable_nodes(original))
     model, nodes, smoothing, smoothed = _smoothed(original, quantizable_nodes(original), range_rows, encoder,
                                                   smooth_alpha, progress)
-    activations = sorted({n.activation for n in nodes})
+    # the layers' inputs, and the outputs of their Convs, quantized too so that they run in int8
+    activations = sorted({n.activation for n in nodes} | set(conv_outputs(model, [n.node for n in nodes]).values()))
     histograms, _ = _observe(model, range_rows, encoder, activations, set(), progress)
     ranges = {name: activation_range(histograms[name], method) for name in activations}
     observed = time.perf_counter()

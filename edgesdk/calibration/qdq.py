@@ -1,4 +1,5 @@
-"""Write int8 ONNX models: QDQ around weight MatMul/Gemm/Conv nodes, int8 embedding tables.
+"""Write int8 ONNX models: QDQ around weight MatMul/Gemm/Conv nodes and after int8 Convs,
+int8 embedding tables.
 
 Activations are uint8 with edgesdk's ranges (asymmetric, per tensor); weights are int8,
 symmetric, per output channel, scaled so that no adjacent pair of them can overflow the int16 sums
@@ -22,7 +23,7 @@ import numpy as np
 
 __all__ = ["QuantNode", "quantizable_nodes", "qdq_model", "quantize_embeddings", "embedding_columns",
            "activation_qparams", "prune_unused", "readers", "int8_weight_blocks", "blockable", "QUANT_OPS",
-           "WEIGHT_BLOCK", "EMBEDDING_MIN_ROWS"]
+           "WEIGHT_BLOCK", "EMBEDDING_MIN_ROWS", "conv_outputs"]
 
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
 EMBEDDING_MIN_ROWS = 256  # smaller tables (token types) stay float: every token reads their few rows, few bytes
@@ -264,12 +265,39 @@ class _QdqRewrite:
             node.input[2] = self.bias(node.input[2], x, w)
 
 
+def conv_outputs(model, nodes: set[str] | list[str]) -> dict[str, str]:
+    """Each Conv of ``nodes`` (the int8 layers) -> the tensor to quantize after it: its output,
+    or the output of the Relu or Clip that is its only reader. onnxruntime runs a QDQ Conv as
+    ``QLinearConv`` only when a QuantizeLinear is the only reader of that tensor (it folds a Relu
+    or Clip whose range the quantization clamps); without one it dequantizes the weight and runs
+    a float Conv, slower than the float model's. Left out: a tensor the model outputs, and one
+    that a float layer reads, since onnxruntime quantizes the float weight of a Conv or Gemm that
+    reads a DequantizeLinear itself (per tensor: its ``WeightBiasQuantization``)."""
+    wanted, read = set(nodes), readers(model.graph)
+    float_layers = {q.node for q in quantizable_nodes(model)} - wanted
+    outputs = {o.name for o in model.graph.output}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.name not in wanted:
+            continue
+        tensor = node.output[0]
+        after = read.get(tensor, [])
+        if len(after) == 1 and after[0].op_type in ("Relu", "Clip") and tensor not in outputs:
+            tensor = after[0].output[0]
+        after = read.get(tensor, [])
+        if tensor not in outputs and after and not any(r.name in float_layers for r in after):
+            found[node.name] = tensor
+    return found
+
+
 def qdq_model(fp32, ranges: dict[str, tuple[float, float]], nodes: set[str] | list[str], symmetric: bool = False):
     """The QDQ model (onnx.ModelProto) of the float ``fp32`` (a ModelProto) with ``nodes``
     quantized, and int8 embedding tables; returns it and the names of those tables.
 
     Only the quantized nodes read the dequantized activation; other readers of the same
-    tensor (a residual Add) keep the float one. Activations are uint8 over [lo, hi], or with
+    tensor (a residual Add) keep the float one. A quantized Conv's output (``conv_outputs``)
+    is the exception, where ``ranges`` has it: every reader reads it quantized, so that
+    onnxruntime runs the Conv in int8. Activations are uint8 over [lo, hi], or with
     ``symmetric`` int8 over [-m, m] with zero point 0 (m = max(|lo|, |hi|)), the only form
     TensorRT accepts; weights are int8 per output channel; Conv and Gemm biases int32.
     """
@@ -279,10 +307,14 @@ def qdq_model(fp32, ranges: dict[str, tuple[float, float]], nodes: set[str] | li
     model.CopyFrom(fp32)
     rewrite = _QdqRewrite(model, ranges, symmetric)
     wanted = set(nodes)
+    quantized_outputs = {t for t in conv_outputs(model, wanted).values() if t in ranges}
     ordered = []
     for node in model.graph.node:
         if node.name in wanted:
             rewrite.quantize(node)
+        for i, name in enumerate(node.input):
+            if name in quantized_outputs:
+                node.input[i] = rewrite.activation(name)
         ordered += rewrite.nodes + [node]
         rewrite.nodes = []
     del model.graph.node[:]
