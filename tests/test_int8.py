@@ -16,6 +16,17 @@ from edgesdk.errors import InputError
 from edgesdk.runtime.runners.onnx_runner import ort_session
 
 
+def _onnxruntime_ops(model, folder) -> list[str]:
+    """The ops onnxruntime runs for ``model`` (an onnx.ModelProto) once it has optimized it."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(folder / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(folder / "optimized.onnx")).graph.node]
+
+
 def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
     import onnx
 
@@ -312,8 +323,6 @@ def test_onnxruntime_form_loads_weight_blocks_as_a_float_matmul_of_the_same_weig
     """The onnx bundle keeps a blocked layer's weight int8 in the file, and onnxruntime computes
     its float weight once at load: a plain MatMul of exactly ``q * scale`` per block, not the
     ``MatMulNBits`` it would fuse a blocked DequantizeLinear into (slower than float without VNNI)."""
-    import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     from edgesdk.calibration.qdq import int8_weight_blocks
@@ -335,10 +344,7 @@ def test_onnxruntime_form_loads_weight_blocks_as_a_float_matmul_of_the_same_weig
     x = rng.normal(size=(16, 96)).astype(np.float32)
     got = ort_session(shipped.SerializeToString()).run(None, {"x": x})[0]
     assert np.allclose(got, x @ weight, rtol=1e-5, atol=1e-5)
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "loaded.onnx")
-    ort.InferenceSession(shipped.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    assert [n.op_type for n in onnx.load(str(tmp_path / "loaded.onnx")).graph.node] == ["MatMul"]
+    assert _onnxruntime_ops(shipped, tmp_path) == ["MatMul"]
 
 
 def test_smoothing_is_an_exact_rewrite_folded_into_a_product_where_it_can_be():
@@ -588,7 +594,6 @@ def test_onnxruntime_int8_kernels_compute_the_exact_int8_model_at_extreme_activa
     integer kernels (``MatMulIntegerToFloat``, ``QLinearConv``) give what the QDQ model defines (its
     DequantizeLinear and float ops, no fusion) on this CPU, AVX2 or VNNI alike; an int16 overflow
     would cost about half of each output here."""
-    import onnx
     import onnxruntime as ort
 
     from edgesdk.calibration.qdq import qdq_model
@@ -607,11 +612,8 @@ def test_onnxruntime_int8_kernels_compute_the_exact_int8_model_at_extreme_activa
     expected = ort.InferenceSession(qdq.SerializeToString(), exact, providers=["CPUExecutionProvider"]).run(
         None, {"x": x})[0]
     shipped = onnxruntime_form(qdq) if op == "MatMul" else qdq
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    got = ort.InferenceSession(shipped.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
-        None, {"x": x})[0]
-    kernels = {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    got = ort_session(shipped.SerializeToString()).run(None, {"x": x})[0]
+    kernels = set(_onnxruntime_ops(shipped, tmp_path))
     assert kernels & {"MatMulIntegerToFloat", "QLinearConv"}  # the integer kernel ran, not a float one
     assert np.abs(expected).max() > 10 * (step + 1e-3)
     assert np.allclose(got, expected, rtol=1e-4, atol=step + 1e-4)  # one output step at most
@@ -637,16 +639,6 @@ def _residual_cnn():
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 4])],
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in constants.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _onnxruntime_ops(model, tmp_path) -> list[str]:
-    import onnx
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
 
 
 def test_calibrated_convs_run_as_integer_convs_in_onnxruntime(tmp_path):
