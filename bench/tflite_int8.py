@@ -12,7 +12,7 @@ verification split), and from the same float .tflite the bench writes every vari
 - ``full_integer_all_int8``: the same with no layer kept float;
 - ``edgesdk_bundle``: the int8 bundle's own model, as the target chose it (its recipe, and for
   full integer calibration's smoothing and column-scaled token tables written in, edgesdk's
-  float layers, those it added for LiteRT, and those of them given int8 weights);
+  float layers, those it added for LiteRT, and those of them given dynamic range or int8 weights);
 - text only, ``full_integer_every_op``: every op int8 (softmax, LayerNorm, GELU...), no float layer;
 - text only, ``*_one_length``: fp32 and dynamic range as the bundles were before signatures
   per sequence length (one signature at max_length), for the short-text figures.
@@ -189,6 +189,7 @@ def bench_case(case: dict, work: Path, rounds: int) -> dict:
     return {"test_samples": len(rows), "float_layers": case["float_layers"], "edgesdk_recipe": build["recipe"],
             "edgesdk_float_layers_added": build.get("float_layers_added", []),
             "edgesdk_float_layers_int8_weights": build.get("float_layers_int8_weights", []),
+            "edgesdk_float_layers_dynamic_range": build.get("float_layers_dynamic_range", []),
             "edgesdk_searches": {key: build.get(key, []) for key in ("float_layer_search", "int8_weight_search")},
             "variants": table}
 
@@ -196,7 +197,8 @@ def bench_case(case: dict, work: Path, rounds: int) -> dict:
 def _print(name: str, result: dict) -> None:
     print(f"\n{name} ({result['test_samples']} test samples; edgesdk's int8 bundle: {result['edgesdk_recipe']}, "
           f"{result['float_layers']} float layers, {len(result['edgesdk_float_layers_added'])} more for LiteRT, "
-          f"{len(result['edgesdk_float_layers_int8_weights'])} of them with int8 weights)")
+          f"{len(result['edgesdk_float_layers_dynamic_range'])} of them dynamic range, "
+          f"{len(result['edgesdk_float_layers_int8_weights'])} with int8 weights, float compute)")
     labels = next(iter(v["latency_ms"] for v in result["variants"].values() if "latency_ms" in v))
     print_table(["variant", "agree", "acc", "bytes", "int ops", *(f"ms {k}" for k in labels)],
                 [[name, f"{row['agreement']:.2%}", f"{row['accuracy']:.2%}", f"{row['bytes_ratio']:.1%}",

@@ -113,8 +113,8 @@ def _int8_summary(notes: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if "recipes_tried" in notes:  # the runtime's own quantizer (LiteRT): its recipe, float layers and float ops
         return {"what": notes["int8"], "recipes_tried": notes["recipes_tried"], "judged_on": notes.get("judged_on"),
-                **{k: notes[k] for k in ("float_layers", "float_layers_added", "float_layers_int8_weights", "float_ops")
-                   if k in notes}}
+                **{k: notes[k] for k in ("float_layers", "float_layers_added", "float_layers_int8_weights",
+                                         "float_layers_dynamic_range", "float_ops") if k in notes}}
     calibration = notes.get("calibration", {})
     return {"what": notes["int8"], "method": calibration.get("method"),
             "quantized_layers": calibration.get("quantized_layers"),

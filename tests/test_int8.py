@@ -30,7 +30,7 @@ def _onnxruntime_ops(model, folder) -> list[str]:
 def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
     import onnx
 
-    from edgesdk.targets.tflite_runtime import WEIGHT_ONLY
+    from edgesdk.targets.tflite_runtime import INT8_PER_CHANNEL
 
     for kind in ("text", "image"):
         folder = demo_out / kind / "onnx-int8"
@@ -56,7 +56,7 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         model = onnx.load(str(folder / "model.onnx"))  # each blocked weight int8 in the file, made float at load
         int8_weights = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
         assert len(blocked) == sum(n.op_type == "Cast" and n.input[0] in int8_weights for n in model.graph.node)
-        for other, weights in (("tensorrt-int8", {"float"}), ("tflite-int8", {"float", WEIGHT_ONLY})):
+        for other, weights in (("tensorrt-int8", {"float"}), ("tflite-int8", {"float", INT8_PER_CHANNEL})):
             # TensorRT keeps the layers out of int8 float whole; LiteRT, which has no int8 blocks, may give
             # them int8 weights per channel (float compute)
             notes = json.loads((demo_out / kind / other / "manifest.json").read_text())["build"]["calibration"]
@@ -140,29 +140,33 @@ def test_a_second_search_keeps_the_judgement_it_is_given():
     assert judged == "point" and kept == 7
 
 
-def test_litert_int8_weights_go_to_the_block_layers_first_then_to_those_added_on_top(tmp_path):
+def test_litert_int8_weights_go_to_the_block_layers_then_dynamic_range_then_weight_only_to_those_added(tmp_path):
     """Calibration's float layers lead its ranking: searched with the layers LiteRT adds, a cheap
-    block layer would stay float whole behind costly added ones; searched first, it gets int8 weights."""
+    block layer would stay float whole behind costly added ones; searched first, it gets int8
+    weights. The added layers get dynamic range where it keeps the budget, int8 weights else."""
     from types import SimpleNamespace
 
+    from edgesdk.targets.tflite_int8 import DYNAMIC_RANGE, WEIGHT_ONLY
     from edgesdk.targets.tflite_runtime import _int8_weights
 
-    costly = {"a1", "a2", "a3"}  # int8 weights on each of these costs 10 answers; the block layer "k0" one
+    costly = {"a1", "a2", "a3"}  # dynamic range on each of these costs 10 answers, weight-only none
     added = {f"a{i}" for i in range(1, 10)}
     calibration = SimpleNamespace(sensitivity=[{"node": n, "layer": n} for n in ["k0", *sorted(added)]], blocks={"k0"})
     written = []
-    full = SimpleNamespace(write=lambda out, float_layers, int8_weights: written.append(set(int8_weights)))
+    full = SimpleNamespace(write=lambda out, float_layers, int8_weights: written.append(dict(int8_weights)))
 
     def judged(out):
-        k = 1 + ("k0" in written[-1]) + 10 * len(costly & written[-1])
+        dynamic = {layer for layer, form in written[-1].items() if form == DYNAMIC_RANGE}
+        k = 1 + ("k0" in written[-1]) + 10 * len(costly & dynamic)
         return {"samples": 1000, "agreeing": 1000 - k, "expected_changes": float(k), "kl": k / 1000, "labeled": 0,
                 "lost": 0, "gained": 0, "accuracy_drop": None}
 
-    chosen, effect, steps = _int8_weights(full, tmp_path / "m.tflite", calibration, {"k0"}, added, judged,
-                                          Budget(0.99), "bound")
-    assert chosen == {"k0"} | added - costly and effect["expected_changes"] == 2
+    forms, effect, steps = _int8_weights(full, tmp_path / "m.tflite", calibration, {"k0"}, added, judged,
+                                         Budget(0.99), "bound")
+    assert forms == {"k0": WEIGHT_ONLY, **dict.fromkeys(added - costly, DYNAMIC_RANGE),
+                     **dict.fromkeys(costly, WEIGHT_ONLY)} and effect["expected_changes"] == 2
     phases = [s["phase"] for s in steps]
-    assert phases[0] == 1 and phases[-1] == 2 and phases == sorted(phases)
+    assert phases[0] == 1 and phases[-1] == 3 and phases == sorted(phases) and 2 in phases
 
 
 def test_search_judges_on_points_when_the_data_cannot_show_the_bound():

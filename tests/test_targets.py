@@ -69,7 +69,10 @@ def test_tflite_int8_is_full_integer_with_edgesdk_float_layers_and_more_where_li
         assert any(step["added"] == len(added) for step in tflite["float_layer_search"])
         int8_weights = set(tflite["float_layers_int8_weights"])
         blocks = {f["layer"] for f in onnx_int8["calibration"]["float_layers"] if f["weights"] != "float"}
-        assert int8_weights <= blocks | set(added)  # weight-only: the ONNX int8's weight blocks, LiteRT's additions
+        dynamic = set(tflite["float_layers_dynamic_range"])
+        # weight-only: the ONNX int8's weight blocks, LiteRT's additions; dynamic range: LiteRT's additions
+        assert int8_weights <= blocks | set(added) and dynamic <= set(added) and not dynamic & int8_weights
+        assert _dynamic_range_layers(demo_out / kind / "tflite-int8" / "model.tflite") == len(dynamic)
         # calibration's own float layers say which of them LiteRT gave int8 weights
         assert int8_weights & edgesdk_float == {f["layer"] for f in tflite["calibration"]["float_layers"]
                                                 if f["weights"] != "float"}
@@ -78,6 +81,20 @@ def test_tflite_int8_is_full_integer_with_edgesdk_float_layers_and_more_where_li
         assert weight_ops >= len(tflite["float_layers"])  # each one float in the .tflite
     assert full_integer >= 1 and html.count("Layers kept float:") == full_integer
     assert "Ops computing in float (in each signature): " in html
+
+
+def _dynamic_range_layers(model) -> int:
+    """How many weight layers of a .tflite's first signature read float inputs with int8 weights
+    (dynamic range: the kernel quantizes the input; a weight-only layer's weights are dequantized)."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
+
+    from edgesdk.targets.tflite_int8 import WEIGHT_OPS, builtin_op_names
+
+    flat, names = tfl.read_model(str(model)), builtin_op_names()
+    graph, float32, int8 = flat.subgraphs[0], tfl.TENSOR_TYPE_TO_CODE["FLOAT32"], tfl.TENSOR_TYPE_TO_CODE["INT8"]
+    return sum(names[flat.operatorCodes[op.opcodeIndex].builtinCode] in WEIGHT_OPS
+               and graph.tensors[op.inputs[0]].type == float32 and graph.tensors[op.inputs[1]].type == int8
+               for op in graph.operators)
 
 
 def test_every_weight_layer_of_the_demo_models_is_found_in_their_tflite(demo_out):

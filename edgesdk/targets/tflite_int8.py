@@ -26,16 +26,19 @@ TensorRT int8 bundles are built from):
 - **More float layers where LiteRT needs them**: a LiteRT int8 op also writes an int8 output,
   where edgesdk's ONNX int8 keeps a quantized layer's output float. On the demo's topic MiniLM
   the early layers' query/key/value outputs cost 9 answers of 722 that way, which no range
-  method recovered, so the target keeps more of edgesdk's most sensitive layers float when the
-  budget needs them (``TfliteTarget``).
+  method recovered, so the target keeps more of edgesdk's most sensitive layers out of static
+  int8 when the budget needs them (``TfliteTarget``): dynamic range where it keeps the budget
+  (an int8 input quantized at run time and a float output, as the ONNX int8 layer's), float
+  otherwise (``_recipe``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -44,10 +47,14 @@ from edgesdk.calibration.observers import Histogram, unpadded
 from edgesdk.calibration.qdq import EMBEDDING_MIN_ROWS
 from edgesdk.calibration.ranges import activation_range
 
-__all__ = ["FullInteger", "StaticPlan", "builtin_op_names", "float_layer_weights", "quantize_full_integer",
-           "static_plan", "edgesdk_ranges"]
+__all__ = ["DYNAMIC_RANGE", "WEIGHT_ONLY", "FullInteger", "StaticPlan", "builtin_op_names", "float_layer_weights",
+           "quantize_full_integer", "static_plan", "edgesdk_ranges"]
 
 PIXEL_RANGE = (0.0, 255.0)
+
+# the forms of int8 weights a layer out of static int8 may take (``_recipe``)
+WEIGHT_ONLY = "weight_only"  # dequantized when loaded: float compute
+DYNAMIC_RANGE = "dynamic_range"  # the kernel quantizes the layer's input at run time; its output is float
 
 WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL", "CONV_2D_TRANSPOSE")
 
@@ -128,9 +135,11 @@ def _op_table(float_model: Path, weights: dict[str, np.ndarray]) -> list[tuple[l
 
 
 def _recipe(table: list[tuple[list[_Op], set[int]]], float_layers: set[str], weight_layers_only: bool,
-            int8_weights: frozenset[str] = frozenset()) -> StaticPlan:
-    """``static_plan``'s recipe from an op table, the ops of ``float_layers`` kept float (those of
-    them in ``int8_weights`` with int8 weights per output channel, computing in float)."""
+            int8_weights: Mapping[str, str] = MappingProxyType({})) -> StaticPlan:
+    """``static_plan``'s recipe from an op table, the ops of ``float_layers`` kept out of static int8:
+    float, or those of them in ``int8_weights`` with int8 weights per output channel in its form:
+    ``WEIGHT_ONLY`` (computing in float) or ``DYNAMIC_RANGE`` (the input quantized at run time, the
+    output float)."""
     from ai_edge_quantizer import recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
@@ -162,8 +171,9 @@ def _recipe(table: list[tuple[list[_Op], set[int]]], float_layers: set[str], wei
         manager.add_quantization_config(regex=".*" if scope is None else _exactly(scope),
                                         operation_name="OUTPUT" if scope is None else "*",
                                         algorithm_key=AlgorithmName.NO_QUANTIZE)
-    for op in (op for ops, _ in table for op in ops if op.layer in int8_weights & float_layers):
-        manager.add_weight_only_config(regex=_exactly(op.scope), operation_name=op.kind, num_bits=8)
+    for op in (op for ops, _ in table for op in ops if op.layer in float_layers and op.layer in int8_weights):
+        add = manager.add_dynamic_config if int8_weights[op.layer] == DYNAMIC_RANGE else manager.add_weight_only_config
+        add(regex=_exactly(op.scope), operation_name=op.kind, num_bits=8)
     return StaticPlan(manager.get_quantization_recipe(), sorted(matched), sorted(float_layers - matched))
 
 
@@ -307,9 +317,10 @@ class FullInteger:
             self.ranges[pixels] = {**self.ranges[pixels], "min": np.array(PIXEL_RANGE[0], np.float32),
                                    "max": np.array(PIXEL_RANGE[1], np.float32)}
 
-    def write(self, out: Path, float_layers: set[str], int8_weights: frozenset[str] = frozenset()) -> StaticPlan:
-        """Write the model with the ops of ``float_layers`` float to ``out`` (those of them in
-        ``int8_weights`` with int8 weights, weight-only)."""
+    def write(self, out: Path, float_layers: set[str], int8_weights: Mapping[str, str] = MappingProxyType({})
+              ) -> StaticPlan:
+        """Write the model with the ops of ``float_layers`` out of static int8 to ``out``: float, or
+        those of them in ``int8_weights`` with int8 weights in its form (``_recipe``)."""
         from ai_edge_quantizer import quantizer
 
         static = _recipe(self.table, float_layers, self.weight_layers_only, int8_weights)

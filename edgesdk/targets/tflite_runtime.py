@@ -26,11 +26,13 @@ calibration judges (on the verification data when given):
   the same samples (every signature calibrated), and the same layers kept float (found by their weights; what
   reads a float model output stays float too), plus as many of calibration's next most
   sensitive layers as the budget needs (a LiteRT int8 layer also rounds its output to int8),
-  chosen by calibration's own search (``float_layers_added``, ``float_layer_search``). The float
-  layers to which the ONNX int8 gives int8 weight blocks (LiteRT has no int8 blocks), and those
-  added for LiteRT, get int8 weights per channel, computing in float, all but the fewest most
-  sensitive the budget needs float whole, searched in that order, one set after the other
-  (``float_layers_int8_weights``, ``int8_weight_search``). Image
+  chosen by calibration's own search (``float_layers_added``, ``float_layer_search``). Then, each
+  search on top of the last, all but the fewest most sensitive the budget needs float whole get
+  int8 weights per channel: the float layers to which the ONNX int8 gives int8 weight blocks
+  (LiteRT has no int8 blocks) weight-only, computing in float; those added for LiteRT dynamic
+  range (input quantized at run time, output float as in the ONNX int8: no output rounding, at
+  int8 speed), and of those left, weight-only (``float_layers_int8_weights``,
+  ``float_layers_dynamic_range``, ``int8_weight_search``). Image
   models: every op but the head writing the outputs, int8 pixels in (uint8 minus 128: the
   input's range is 0..255); outputs float (XNNPACK garbles an int8 output another op reads).
   Text models: the layers with weights (fully connected) and the token embedding tables
@@ -54,6 +56,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +67,7 @@ from edgesdk.runtime.runner import import_runtime
 
 from .base import TARGETS, Target
 from .litert_smoothing import ColumnScaledEmbedding, SmoothedLinear, smoothed_model
-from .tflite_int8 import FullInteger, builtin_op_names, float_layer_weights
+from .tflite_int8 import DYNAMIC_RANGE, WEIGHT_ONLY, FullInteger, builtin_op_names, float_layer_weights
 
 __all__ = ["TfliteTarget", "convert_signatures", "sequence_lengths"]
 
@@ -78,7 +81,7 @@ RECIPES = {  # edgesdk's name: (ai-edge-quantizer's recipe, what it is)
 }
 
 
-WEIGHT_ONLY = "int8 per channel, float compute"  # a float layer's int8 weights (``_int8_weights``)
+INT8_PER_CHANNEL = "int8 per channel, float compute"  # a float layer's weights, weight-only (``_int8_weights``)
 MAX_FLOAT_SHARE = 0.5  # a full-integer model with more of its layers float gives way to dynamic range
 
 SIGNATURES = 4  # sequence lengths of a text model: max_length, and halved down to MIN_LENGTH
@@ -130,7 +133,7 @@ class TfliteTarget(Target):
             shutil.copyfile(float_model, out)
             return notes
         notes.update(self._quantize(float_model, out, artifacts))
-        weights = {layer: WEIGHT_ONLY for layer in notes.get("float_layers_int8_weights", [])}
+        weights = {layer: INT8_PER_CHANNEL for layer in notes.get("float_layers_int8_weights", [])}
         notes["calibration"] = artifacts.calibration().summary(weights)
         return notes
 
@@ -225,44 +228,56 @@ class TfliteTarget(Target):
         count, e, steps, judgement = search_float_layers(ranked, trial, budget, None)
         added = [s["layer"] for s in ranked[:count]]
         float_layers = kept | set(added)
-        int8_weights, weights_effect, weight_steps = frozenset(), None, []
+        forms, weights_effect, weight_steps = {}, None, []
         if meets(e, budget, **JUDGEMENTS[judgement]):
-            int8_weights, weights_effect, weight_steps = _int8_weights(full, out, calibration, kept, set(added),
-                                                                       judged, budget, judgement)
-        static = full.write(out, float_layers, int8_weights)
+            forms, weights_effect, weight_steps = _int8_weights(full, out, calibration, kept, set(added), judged,
+                                                                budget, judgement)
+        static = full.write(out, float_layers, forms)
         return weights_effect or e, {
             "float_layers": static.float_layers, "float_layers_added": added,
-            "float_layers_int8_weights": sorted(int8_weights), "float_layers_not_found": static.unmatched,
+            "float_layers_int8_weights": sorted(k for k, form in forms.items() if form == WEIGHT_ONLY),
+            "float_layers_dynamic_range": sorted(k for k, form in forms.items() if form == DYNAMIC_RANGE),
+            "float_layers_not_found": static.unmatched,
             "float_layer_search": _steps(steps, "added"), "int8_weight_search": _steps(weight_steps, "float_weights")
         }, judgement
 
 
 def _int8_weights(full: FullInteger, out: Path, calibration: Any, kept: set[str], added: set[str],
                   judged: Callable[[Path], dict[str, Any]], budget: Any, judgement: str
-                  ) -> tuple[frozenset[str], dict[str, Any] | None, list[dict[str, Any]]]:
-    """Of the float layers (calibration's ``kept`` and those ``added`` for LiteRT), those that keep
-    the budget with int8 weights per channel, computing in float, in two searches: first those of
-    calibration's to which the ONNX int8 gives int8 weight blocks (LiteRT has no int8 blocks),
-    then, on top, those added for LiteRT (static int8 in the ONNX int8); each takes all but its
-    fewest most sensitive, by calibration's own search (``search_int8_weights``). Two searches,
-    since calibration's float layers lead its ranking whatever they cost in LiteRT. Returns the
-    layers, their effect (None when none) and the steps of both searches (``phase`` 1 or 2)."""
+                  ) -> tuple[dict[str, str], dict[str, Any] | None, list[dict[str, Any]]]:
+    """Of the layers out of static int8 (calibration's ``kept`` and those ``added`` for LiteRT),
+    those that keep the budget with int8 weights per channel, and their form, in three searches,
+    each on top of the ones before:
+
+    1. calibration's layers to which the ONNX int8 gives int8 weight blocks (LiteRT has no int8
+       blocks): ``WEIGHT_ONLY``, computing in float as there;
+    2. those added for LiteRT (static int8 in the ONNX int8, where an int8 layer writes a float
+       output): ``DYNAMIC_RANGE``, the input quantized at run time and the output float, so no
+       output rounding, at int8 speed (XNNPACK's dynamic-range kernels);
+    3. those added that stayed float in 2: ``WEIGHT_ONLY`` (a quarter of their bytes).
+
+    Each takes all but its fewest most sensitive, by calibration's own search
+    (``search_int8_weights``); separate searches, since calibration's float layers lead its
+    ranking whatever they cost in LiteRT. Returns the form of each layer given int8 weights, their
+    effect (None when none) and the steps of every search (``phase`` 1 to 3)."""
     from edgesdk.calibration.calibrate import search_int8_weights
 
     layer = {s["node"]: s["layer"] for s in calibration.sensitivity}
-    float_layers, chosen, effect, steps = kept | added, frozenset(), None, []
-    for phase, candidates in enumerate((
-            [s for s in calibration.sensitivity if s["layer"] in kept and s["node"] in calibration.blocks],
-            [s for s in calibration.sensitivity if s["layer"] in added]), start=1):
+    float_layers, forms, effect, steps = kept | added, {}, None, []
 
-        def trial(nodes: set[str], before: frozenset[str] = chosen) -> dict[str, Any]:
-            full.write(out, float_layers, before | {layer[n] for n in nodes})
-            return judged(out)
+    def trial(nodes: set[str], form: str) -> dict[str, Any]:
+        full.write(out, float_layers, {**forms, **{layer[n]: form for n in nodes}})
+        return judged(out)
 
-        nodes, found, tried = search_int8_weights(candidates, trial, budget, None, judgement)
-        chosen, effect = chosen | {layer[n] for n in nodes}, found or effect
+    phases = ((WEIGHT_ONLY, lambda s: s["layer"] in kept and s["node"] in calibration.blocks),
+              (DYNAMIC_RANGE, lambda s: s["layer"] in added), (WEIGHT_ONLY, lambda s: s["layer"] in added))
+    for phase, (form, wanted) in enumerate(phases, start=1):
+        candidates = [s for s in calibration.sensitivity if wanted(s) and s["layer"] not in forms]
+        nodes, found, tried = search_int8_weights(candidates, partial(trial, form=form), budget, None, judgement)
+        forms.update({layer[n]: form for n in nodes})
+        effect = found or effect
         steps += [{**step, "phase": phase} for step in tried]
-    return chosen, effect, steps
+    return forms, effect, steps
 
 
 def _steps(steps: list[dict[str, Any]], counted: str) -> list[dict[str, Any]]:
@@ -297,7 +312,8 @@ def _mostly_float(notes: dict[str, Any], layers: int) -> str | None:
         return None
     return (f"it kept the budget only with {kept} of its {layers} layers computing in float "
             f"({len(notes.get('float_layers_added', []))} more than edgesdk's calibration; "
-            f"{len(notes.get('float_layers_int8_weights', []))} of them with int8 weights): no integer-only "
+            f"{len(notes.get('float_layers_dynamic_range', []))} of them dynamic range, "
+            f"{len(notes.get('float_layers_int8_weights', []))} with int8 weights): no integer-only "
             "accelerator runs it")
 
 
