@@ -48,7 +48,7 @@ from .report import write_report
 from .robustness import perturb
 from .runtime.bundle import Bundle
 from .runtime.encode import encoder_for
-from .runtime.runner import import_runtime
+from .runtime.runner import Runner, import_runtime
 from .runtime.runners import RUNNERS
 from .spec import ModelSpec, TextPreprocessing
 from .targets import TARGETS, Target
@@ -295,11 +295,11 @@ def _build_one(target: Target, precision: str, config: ConvertConfig, classifier
     purposes = _purposes(target, spec)
     write_manifest(folder, {**manifest, "parity": skipped("pending", thresholds).to_dict()}, purposes)
     record = BundleRecord(folder.name, target.name, precision, "skipped", "", path=folder, notes=notes)
-    reason = target.parity_skip_reason()
+    reason, runtime = target.parity_skip_reason(), RUNNERS.get(target.name)
     if verification is None:
         record.parity = skipped("no verification data was given (pass verify_on / --verify-on)", thresholds)
-    elif reason and RUNNERS.get(target.name).proxy_runtime:
-        record.parity = _proxy_parity(Bundle.open(folder), target, record, verification, thresholds, reason, update)
+    elif reason and runtime.proxy_reason():
+        record.parity = _proxy_parity(Bundle.open(folder), runtime, record, verification, thresholds, reason, update)
     elif reason:
         record.parity = skipped(reason, thresholds)
     else:
@@ -388,13 +388,12 @@ def _with_tokenization_gate(parity: ParityResult, gate: dict[str, Any]) -> Parit
     return parity
 
 
-def _proxy_parity(bundle: Bundle, target: Target, record: BundleRecord, verification: Verification,
+def _proxy_parity(bundle: Bundle, runtime: type[Runner], record: BundleRecord, verification: Verification,
                   thresholds: Thresholds, reason: str, update: Progress) -> ParityResult:
-    """Parity of the bundle's model file in a proxy runtime: "skipped" (the real runtime did not
-    run) with every figure of the proxy, or "fail" when even the proxy misses the thresholds."""
-    runner = RUNNERS.get(target.name)
-    result, record.figures, _ = _stream(bundle, verification, thresholds, update, runtime=runner.proxy_runtime)
-    return as_proxy(result, reason, runner.proxy)
+    """Parity of the bundle's model file in ``runtime``'s proxy: "skipped" (the real runtime did
+    not run) with every figure of the proxy, or "fail" when even the proxy misses the thresholds."""
+    result, record.figures, _ = _stream(bundle, verification, thresholds, update, runtime=runtime.proxy_runtime)
+    return as_proxy(result, reason, runtime.proxy)
 
 
 def _robustness(bundle: Bundle, verification: Verification, head: np.ndarray) -> dict[str, dict[str, float]]:

@@ -84,7 +84,7 @@ def verify_bundle(
         def reference(items: list, rows: list) -> np.ndarray:
             return stored(rows)
     runtime = RUNNERS.get(bundle.target)
-    unavailable = runtime.unavailable_reason() if runtime.proxy_runtime else None
+    unavailable = runtime.proxy_reason()
     parity = ParityAccumulator(thresholds)
     with bundle.runner(runtime.proxy_runtime if unavailable else None) as runner:
         for samples in iter_samples(data, bundle.spec):

@@ -43,6 +43,12 @@ class Runner:
         """Why this runtime cannot run its bundles on this machine, or None when it can."""
         return None
 
+    @classmethod
+    def proxy_reason(cls) -> str | None:
+        """Why this runtime's bundles are checked in its ``proxy_runtime`` on this machine (it
+        cannot run them), or None when they are not (it runs them, or it has no proxy)."""
+        return cls.unavailable_reason() if cls.proxy_runtime else None
+
     def __init__(self, model_path: Path, spec: ModelSpec) -> None:
         self.model_path = Path(model_path)
         self.spec = spec
