@@ -10,6 +10,12 @@ reports, from the model onnxruntime optimizes when it loads the int8 bundle's mo
 all and those run as ``QLinearConv``; and the latency of both bundles' models (batch 1, 224x224
 uint8 pixels, 2 threads, rounds alternating the two). CPU flags are recorded.
 
+LiteRT, the same way (ai-edge-litert, XNNPACK, 2 threads, batch 1, rounds alternating): the tflite
+fp32 bundle's model, ai-edge-quantizer's dynamic-range recipe of it, and edgesdk's full-integer
+model of it (``quantize_full_integer``: edgesdk's ``mse`` ranges over the 32 calibration images,
+every op int8 but the head writing the outputs, int8 pixels in), with the share of its ops that
+compute in integers.
+
 Usage: python bench/int8_cnn.py [--rounds N] [--results NAME]
 Writes bench/results/int8_cnn.json (``--results int8_cnn_avx2``: bench/results/int8_cnn_avx2.json,
 for a run on another kind of CPU).
@@ -132,9 +138,46 @@ def bench_net(name: str, rounds: int, work: Path) -> dict:
                     calibration=data, calibration_samples=32, int8_layers=("*",), quiet=True)
     seconds = time.perf_counter() - start
     models = {p: work / name / f"onnx-{p}" / "model.onnx" for p in ("fp32", "int8")}
-    ms = latency_ms(models, rng.integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8), rounds)
+    image = rng.integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+    ms = latency_ms(models, image, rounds)
     convs = convs_run(models["int8"], work / f"{name}.optimized.onnx")
-    return {"convs": convs, "latency_ms": ms, "int8_over_fp32": ms["int8"] / ms["fp32"], "convert_s": seconds}
+    edgesdk.convert(classifier, work / f"{name}-litert", targets=["tflite"], precisions=["fp32"], quiet=True)
+    return {"convs": convs, "latency_ms": ms, "int8_over_fp32": ms["int8"] / ms["fp32"], "convert_s": seconds,
+            "litert": litert_figures(work / f"{name}-litert" / "tflite-fp32", list(np.load(data)["images"][:32]),
+                                     image[0], rounds, work)}
+
+
+def litert_figures(fp32_bundle: Path, calibration: list[np.ndarray], image: np.ndarray, rounds: int,
+                   work: Path) -> dict:
+    """Latency in ai-edge-litert of the fp32 .tflite, its dynamic-range and its full-integer models,
+    and the share of each one's ops that compute in integers."""
+    from ai_edge_quantizer import quantizer, recipe
+    from tflite_int8 import _integer_op_share
+
+    from edgesdk.runtime import load_bundle
+    from edgesdk.targets.tflite_int8 import quantize_full_integer
+    from edgesdk.targets.tflite_runtime import TfliteTarget
+
+    bundle = load_bundle(fp32_bundle)
+    models = {"fp32": bundle.path / "model.tflite", **{name: work / f"{fp32_bundle.parent.name}-{name}.tflite"
+                                                      for name in ("dynamic_range", "full_integer")}}
+    q = quantizer.Quantizer(str(models["fp32"]))
+    q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+    q.quantize(None, enable_progress_report=False).export_model(str(models["dynamic_range"]))
+    with TfliteTarget.runner(models["fp32"], bundle.spec) as runner:
+        quantize_full_integer(runner, models["full_integer"], bundle.encoder, calibration, "mse", {})
+    times: dict[str, list[float]] = {name: [] for name in models}
+    feeds = next(feeds for _, feeds in bundle.encoder.batches(bundle.encoder.encode([image]), 1))
+    for _ in range(rounds):
+        for name, path in models.items():
+            with TfliteTarget.runner(path, bundle.spec) as runner:
+                for i in range(25):
+                    start = time.perf_counter()
+                    runner.infer(feeds)
+                    if i >= 5:
+                        times[name].append((time.perf_counter() - start) * 1000)
+    return {name: {"latency_ms": statistics.median(times[name]), "integer_op_share": _integer_op_share(path)}
+            for name, path in models.items()}
 
 
 def main() -> None:
@@ -144,15 +187,19 @@ def main() -> None:
     args = parser.parse_args()
     results: dict = {"cpu_flags": cpu_flags(), "onnxruntime": ort.__version__, "torch": torch.__version__,
                      "threads": 2, "nets": {}}
-    rows = []
+    rows, litert = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in NETS:
             r = results["nets"][name] = bench_net(name, args.rounds, Path(tmp))
             convs = r["convs"]
             rows.append([name, sum(convs.values()), convs["int8 (QLinearConv)"], f"{r['latency_ms']['fp32']:.2f}",
                          f"{r['latency_ms']['int8']:.2f}", f"{r['int8_over_fp32']:.2f}"])
+            litert += [[name, variant, f"{v['latency_ms']:.2f}", f"{v['integer_op_share']:.0%}"]
+                       for variant, v in r["litert"].items()]
     print(f"CPU flags: {' '.join(results['cpu_flags'])}; onnxruntime {results['onnxruntime']}, 2 threads")
     print_table(["network", "convs", "run as QLinearConv", "fp32 ms", "int8 ms", "int8/fp32"], rows)
+    print("\nai-edge-litert (XNNPACK), 2 threads")
+    print_table(["network", "model", "ms", "int ops"], litert)
     print(f"wrote {write_results(args.results, results)}")
 
 
