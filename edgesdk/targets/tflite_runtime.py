@@ -82,7 +82,7 @@ RECIPES = {  # edgesdk's name: (ai-edge-quantizer's recipe, what it is)
 
 
 INT8_PER_CHANNEL = "int8 per channel, float compute"  # a float layer's weights, weight-only (``_int8_weights``)
-MAX_FLOAT_SHARE = 0.5  # a full-integer model with more of its layers float gives way to dynamic range
+MAX_FLOAT_SHARE = 0.5  # a full integer with more of its layers out of static int8 gives way to dynamic range
 
 SIGNATURES = 4  # sequence lengths of a text model: max_length, and halved down to MIN_LENGTH
 MIN_LENGTH = 8
@@ -305,16 +305,16 @@ def _smoothed_float_model(artifacts: Any, float_model: Path, kept: set[str]) -> 
 
 def _mostly_float(notes: dict[str, Any], layers: int) -> str | None:
     """Why a full-integer model that keeps the budget gives way to the next recipe that keeps it
-    (more than ``MAX_FLOAT_SHARE`` of its ``layers`` compute in float: no integer-only accelerator
-    runs it, and a CPU runs dynamic range's int8 weights faster); None when it doesn't."""
+    (more than ``MAX_FLOAT_SHARE`` of its ``layers`` out of static int8: no integer-only
+    accelerator runs it, and a CPU runs dynamic range's int8 weights faster); None when it doesn't."""
     kept = len(notes.get("float_layers", []))
     if kept <= MAX_FLOAT_SHARE * layers:
         return None
-    return (f"it kept the budget only with {kept} of its {layers} layers computing in float "
+    return (f"it kept the budget only with {kept} of its {layers} layers out of static int8 "
             f"({len(notes.get('float_layers_added', []))} more than edgesdk's calibration; "
             f"{len(notes.get('float_layers_dynamic_range', []))} of them dynamic range, "
-            f"{len(notes.get('float_layers_int8_weights', []))} with int8 weights): no integer-only "
-            "accelerator runs it")
+            f"{len(notes.get('float_layers_int8_weights', []))} with int8 weights computing in float): no "
+            "integer-only accelerator runs it")
 
 
 def convert_signatures(litert_torch: Any, graph: Any, signatures: dict[str, tuple], out: Path) -> None:
