@@ -10,8 +10,8 @@ from conftest import run_cli
 
 import edgesdk
 from edgesdk import TextClassifier
-from edgesdk.calibration import Budget
-from edgesdk.calibration.calibrate import effect, judgement_caveat, meets, search_float_layers
+from edgesdk.calibration import MAX_JUDGE_SAMPLES, Budget, Judge
+from edgesdk.calibration.calibrate import _judge, effect, judgement_caveat, meets, search_float_layers
 from edgesdk.errors import InputError
 from edgesdk.runtime.runners.onnx_runner import ort_session
 
@@ -167,6 +167,14 @@ def test_litert_int8_weights_go_to_the_block_layers_then_dynamic_range_then_weig
                      **dict.fromkeys(costly, WEIGHT_ONLY)} and effect["expected_changes"] == 2
     phases = [s["phase"] for s in steps]
     assert phases[0] == 1 and phases[-1] == 3 and phases == sorted(phases) and 2 in phases
+
+
+def test_calibration_judges_on_at_most_max_judge_samples_evenly_spaced_over_the_verification_data():
+    """2080 verification rows: 2000 judged, spread over all of them (a stride of 2 judged only 1040)."""
+    given = list(range(MAX_JUDGE_SAMPLES + 80))
+    _, _, judge = _judge(Judge(given, np.array(given), "verification"), list(range(300)), np.zeros(300, int))
+    assert len(judge.rows) == MAX_JUDGE_SAMPLES and judge.rows == list(judge.labels)
+    assert judge.rows[0] == 0 and judge.rows[-1] > given[-1] - 3 and set(np.diff(judge.rows)) <= {1, 2}
 
 
 def test_search_judges_on_points_when_the_data_cannot_show_the_bound():

@@ -40,6 +40,7 @@ import numpy as np
 
 from edgesdk.errors import InputError
 from edgesdk.stats import labels_to_show, paired_drop_upper, samples_to_show, softmax, wilson_interval
+from edgesdk.verification import Selection
 
 from .divergence import layer_divergence
 from .observers import Histogram, unpadded
@@ -438,9 +439,10 @@ def _smoothed(model: Any, nodes: list[QuantNode], rows: list, encoder, alpha: fl
 def _judge(judge: Judge | None, rows: list, labels: np.ndarray) -> tuple[list, list, Judge]:
     """Split calibration rows into range rows and judging rows (held aside when no judge is given)."""
     if judge is not None:
-        step = max(1, -(-len(judge.rows) // MAX_JUDGE_SAMPLES))
-        picked = Judge(judge.rows[::step], judge.labels[::step], judge.source)
-        return rows, [r for r, h in zip(rows, held_aside(len(rows))) if h], picked
+        if len(judge.rows) > MAX_JUDGE_SAMPLES:  # evenly spaced, as the pipeline picks them from a verification file
+            keep = Selection(len(judge.rows), MAX_JUDGE_SAMPLES).mask(0, len(judge.rows))
+            judge = Judge([r for r, k in zip(judge.rows, keep) if k], judge.labels[keep], judge.source)
+        return rows, [r for r, h in zip(rows, held_aside(len(rows))) if h], judge
     held = held_aside(len(rows))
     kept = [r for r, h in zip(rows, held) if not h]
     held_rows = [r for r, h in zip(rows, held) if h]
