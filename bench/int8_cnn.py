@@ -153,6 +153,7 @@ def litert_figures(fp32_bundle: Path, calibration: list[np.ndarray], image: np.n
     and the share of each one's ops that compute in integers."""
     from ai_edge_quantizer import quantizer, recipe
     from tflite_int8 import _integer_op_share
+    from tflite_int8 import _latency_ms as litert_latency_ms
 
     from edgesdk.runtime import load_bundle
     from edgesdk.targets.tflite_int8 import quantize_full_integer
@@ -166,17 +167,8 @@ def litert_figures(fp32_bundle: Path, calibration: list[np.ndarray], image: np.n
     q.quantize(None, enable_progress_report=False).export_model(str(models["dynamic_range"]))
     with TfliteTarget.runner(models["fp32"], bundle.spec) as runner:
         quantize_full_integer(runner, models["full_integer"], bundle.encoder, calibration, "mse", {})
-    times: dict[str, list[float]] = {name: [] for name in models}
-    feeds = next(feeds for _, feeds in bundle.encoder.batches(bundle.encoder.encode([image]), 1))
-    for _ in range(rounds):
-        for name, path in models.items():
-            with TfliteTarget.runner(path, bundle.spec) as runner:
-                for i in range(25):
-                    start = time.perf_counter()
-                    runner.infer(feeds)
-                    if i >= 5:
-                        times[name].append((time.perf_counter() - start) * 1000)
-    return {name: {"latency_ms": statistics.median(times[name]), "integer_op_share": _integer_op_share(path)}
+    ms = litert_latency_ms(bundle.spec, bundle.encoder, models, [image], rounds)
+    return {name: {"latency_ms": ms[name], "integer_op_share": _integer_op_share(path)}
             for name, path in models.items()}
 
 

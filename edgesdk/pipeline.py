@@ -295,12 +295,12 @@ def _build_one(target: Target, precision: str, config: ConvertConfig, classifier
     purposes = _purposes(target, spec)
     write_manifest(folder, {**manifest, "parity": skipped("pending", thresholds).to_dict()}, purposes)
     record = BundleRecord(folder.name, target.name, precision, "skipped", "", path=folder, notes=notes)
-    reason, runtime = target.parity_skip_reason(), RUNNERS.get(target.name)
+    runtime = RUNNERS.get(target.name)
     if verification is None:
         record.parity = skipped("no verification data was given (pass verify_on / --verify-on)", thresholds)
-    elif reason and runtime.proxy_reason():
-        record.parity = _proxy_parity(Bundle.open(folder), runtime, record, verification, thresholds, reason, update)
-    elif reason:
+    elif proxied := runtime.proxy_reason():
+        record.parity = _proxy_parity(Bundle.open(folder), runtime, record, verification, thresholds, proxied, update)
+    elif reason := target.parity_skip_reason():
         record.parity = skipped(reason, thresholds)
     else:
         manifest["golden"] = _verify(Bundle.open(folder), record, verification, thresholds, update)
