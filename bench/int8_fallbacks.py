@@ -119,7 +119,7 @@ def forms(folder: Path, calibration: list[tuple[str, int]], fp32: Path, judge_ro
     qdq = {"edgesdk": result.model,
            "float": dataclasses.replace(result, blocks=frozenset()).write_model(work / "float.qdq.onnx")}
     whole = onnxruntime_form(onnx.load(str(qdq["float"])))
-    every_layer, _ = qdq_model(result.float_model, ranges, set(result.quantized_nodes))
+    every_layer, _ = qdq_model(result.float_model, ranges, set(result.quantized_nodes), weights=result.weights)
     models = {"float": whole, "edgesdk": onnxruntime_form(onnx.load(str(qdq["edgesdk"]))),
               "static": onnxruntime_form(every_layer), "dynamic": _rewrite(whole, float_nodes, "dynamic"),
               "int8_weights": _rewrite(whole, float_nodes, "int8_weights"), "nbits8_b32": _nbits(whole, float_nodes)}

@@ -123,7 +123,7 @@ def _int8_summary(notes: dict[str, Any]) -> dict[str, Any] | None:
                              for f in calibration.get("float_layers", [])],
             "judged_on": calibration.get("judged_on"), "judged_effect": calibration.get("judged_effect"),
             "judgement_caveat": judgement_caveat(calibration) if calibration else None,
-            "smoothing": calibration.get("smoothing"),
+            "smoothing": calibration.get("smoothing"), "weight_rounding": calibration.get("weight_rounding"),
             "divergence": _divergence_summary(calibration.get("divergence"))}
 
 

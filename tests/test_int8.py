@@ -43,6 +43,13 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         assert "verification data" in calibration["judged_on"]
         assert calibration["quantized_layers"] >= 1
         assert len(calibration["sensitivity"]) == calibration["quantizable_layers"]
+        # every MatMul/Gemm weight of the text model rounded against its inputs (GPTQ), none of the Convs
+        linear = sum(s["op"] in ("MatMul", "Gemm") for s in calibration["sensitivity"])
+        rounded = calibration["weight_rounding"]
+        assert rounded["method"] == "gptq" and rounded["layers"] <= linear
+        if kind == "text":
+            assert rounded["layers"] == linear
+            assert "rounded against their calibration inputs (GPTQ)" in (demo_out / kind / "report.html").read_text()
         for layer in calibration["float_layers"]:
             assert {"layer", "kl_alone", "local_snr_db", "forced", "weights"} <= set(layer) and not layer["forced"]
         divergence = calibration["divergence"]  # every layer output compared with the float model
@@ -585,6 +592,45 @@ def test_int8_weights_never_overflow_the_int16_pair_sums_of_x86_kernels(op):
         if not same_sign:
             peak = np.abs(_kernel_rows(model.graph.node[0], w)).max(1)
             assert np.allclose(weights["w_scale"], peak / 127, rtol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
+def test_int8_weights_rounded_against_their_inputs_fit_the_layer_better_and_keep_the_pair_bound(op):
+    """GPTQ rounding (``rounding.py``) keeps nearest rounding's scales, gives outputs closer to the
+    float layer's on the inputs it was rounded for than nearest rounding does, keeps every adjacent
+    pair of one sign within 128 levels, and is what ``qdq_model`` writes when given."""
+    from onnx import numpy_helper
+
+    from edgesdk.calibration.qdq import _kernel_rows, _quantize_weight, _weight_axis, qdq_model, quantizable_nodes
+    from edgesdk.calibration.rounding import Gram, rounded_inputs, rounded_weights
+
+    rng = np.random.default_rng(2)
+    inputs, outputs = 64, 16
+    w = rng.normal(scale=0.1, size=(outputs, inputs)).astype(np.float32)
+    w[:, 0], w[:, 1] = 1.0, 0.9  # one pair of one sign at the channel's peak in every output channel
+    w = w if op == "Gemm" else np.ascontiguousarray(w.T)
+    model, _ = _layer_model(op, w)
+    node = model.graph.node[0]
+    x = (rng.normal(size=(4000, inputs)) @ rng.normal(size=(inputs, inputs))).astype(np.float32)  # correlated
+    gram = Gram()
+    for batch in np.split(x, 4):
+        gram.update(batch)
+    assert np.allclose(gram.value, x.astype(np.float64).T @ x, rtol=1e-9)
+    assert rounded_inputs(model, quantizable_nodes(model)) == {"layer": "x"}
+    q, scale = rounded_weights(model, {"layer": "x"}, {"x": gram.value})["w"]
+    nearest, nearest_scale = _quantize_weight(w, _weight_axis(node, 2), _kernel_rows(node, w))
+    assert np.array_equal(scale, nearest_scale) and q.dtype == np.int8
+
+    def output_error(levels: np.ndarray) -> float:
+        dequantized = _kernel_rows(node, levels.astype(np.float64)) * scale[:, None]
+        return float(np.linalg.norm(x @ (_kernel_rows(node, w).T - dequantized.T)))
+
+    assert output_error(q) < 0.8 * output_error(nearest)
+    pairs = _kernel_rows(node, q.astype(np.int64)).reshape(outputs, -1, 2)
+    assert np.maximum(pairs, 0).sum(2).max() <= 128 and np.maximum(-pairs, 0).sum(2).max() <= 128
+    qdq, _ = qdq_model(model, {"x": (-30.0, 30.0)}, {"layer"}, weights={"w": (q, scale)})
+    written = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    assert np.array_equal(written["w_quantized"], q) and np.array_equal(written["w_scale"], scale)
 
 
 def _quantized_output(qdq, scale: float):

@@ -3,7 +3,9 @@
 1. Smooth: per-channel maxima of every MatMul/Gemm input over the calibration rows move
    activation outliers into the weights (``smooth.py``), an exact rewrite of the float model.
 2. Observe and range: the smoothed inputs stream into fixed-size histograms; one method
-   (minmax, percentile, entropy, mse) turns each into [lo, hi].
+   (minmax, percentile, entropy, mse) turns each into [lo, hi]. The same pass sums each
+   MatMul/Gemm input's ``X^T X``, against which that layer's int8 weights are rounded (GPTQ,
+   ``rounding.py``) once, for every trial and the final model.
 3. Sensitivity: each layer is made int8 alone and the logit KL against the float model on a
    few of the judging samples ranks it (what it does to the answers, not to its own output).
    Each layer's own signal-to-noise ratio, from one pass where a copy of every layer reads the
@@ -57,6 +59,7 @@ from .qdq import (
     quantize_embeddings,
 )
 from .ranges import RANGE_METHODS, activation_range
+from .rounding import Gram, rounded_inputs, rounded_weights
 from .sensitivity import local_snr
 from .smooth import SMOOTH_ALPHA, ChannelMax, drop_idle_smoothing, smooth_model, smoothable, smoothing_scale
 
@@ -138,13 +141,15 @@ class _Search:
     budget: Budget
     progress: Progress = None
     original: Any = None
+    weights: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # rounded int8 weights
 
     def trial(self, float_nodes: set[str], symmetric: bool = False, blocks: set[str] = frozenset()) -> dict[str, Any]:
         """The effect of ``float_nodes`` out of int8 (``blocks`` of them with int8 weight blocks)."""
         if blocks:
-            candidate = _int8_model(self.model, self.original, self.ranges, self.nodes - float_nodes, blocks=blocks)
+            candidate = _int8_model(self.model, self.original, self.ranges, self.nodes - float_nodes, blocks=blocks,
+                                    weights=self.weights)
         else:
-            candidate, _ = qdq_model(self.model, self.ranges, self.nodes - float_nodes, symmetric)
+            candidate, _ = qdq_model(self.model, self.ranges, self.nodes - float_nodes, symmetric, self.weights)
         return effect(self.reference, onnx_logits(candidate, self.judge.rows, self.encoder), self.judge.labels)
 
     def kl_alone(self, nodes: Sequence[QuantNode]) -> dict[str, float]:
@@ -158,7 +163,7 @@ class _Search:
         for done, node in enumerate(nodes):
             if self.progress is not None:
                 self.progress(f"sensitivity: layer {done + 1}/{len(nodes)} int8 alone")
-            candidate, _ = qdq_model(self.model, self.ranges, {node.node})
+            candidate, _ = qdq_model(self.model, self.ranges, {node.node}, weights=self.weights)
             kl[node.node] = logit_kl(reference, onnx_logits(candidate, rows, self.encoder))
         return kl
 
@@ -197,6 +202,7 @@ class Calibration:
     forced_int8: frozenset[str] = frozenset()
     blocks: frozenset[str] = frozenset()
     smoothing: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # layer: its input's divisor
+    weights: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)  # rounded int8
     _symmetric: dict[str, Any] | None = field(default=None, repr=False)
 
     def symmetric(self) -> dict[str, Any]:
@@ -224,8 +230,8 @@ class Calibration:
         ranges = {name: (r["lo"], r["hi"]) for name, r in self.ranges["activations"].items()}
         int8_nodes = set(self.quantized_nodes) - float_nodes
         blocks = set() if symmetric else set(self.blocks)
-        onnx.save_model(_int8_model(self.float_model, self.original_model, ranges, int8_nodes, symmetric, blocks),
-                        str(out))
+        onnx.save_model(_int8_model(self.float_model, self.original_model, ranges, int8_nodes, symmetric, blocks,
+                                    self.weights), str(out))
         return out
 
     def summary(self, weights: dict[str, str] | None = None) -> dict[str, Any]:
@@ -239,11 +245,12 @@ class Calibration:
 
 
 def _int8_model(smoothed: Any, original: Any, ranges: dict[str, tuple[float, float]], int8_nodes: set[str],
-                symmetric: bool = False, blocks: set[str] = frozenset()) -> Any:
-    """The QDQ model a bundle ships: ``int8_nodes`` quantized in the smoothed float model, the
-    smoothing that only the other layers read taken out again, and ``blocks`` of those given int8
-    weight blocks (``int8_weight_blocks``)."""
-    model, _ = qdq_model(smoothed, ranges, int8_nodes, symmetric)
+                symmetric: bool = False, blocks: set[str] = frozenset(),
+                weights: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Any:
+    """The QDQ model a bundle ships: ``int8_nodes`` quantized in the smoothed float model (with
+    ``weights`` rounded already), the smoothing that only the other layers read taken out again,
+    and ``blocks`` of the other layers given int8 weight blocks (``int8_weight_blocks``)."""
+    model, _ = qdq_model(smoothed, ranges, int8_nodes, symmetric, weights)
     drop_idle_smoothing(model, original)
     int8_weight_blocks(model, blocks)
     return model
@@ -397,13 +404,15 @@ def search_int8_weights(candidates: list[dict[str, Any]], trial: Callable[[set[s
     return picked, chosen if picked else None, steps
 
 
-def _observe(model: Any, rows: list, encoder, names: list[str], channels: set[str],
-             progress: Progress) -> tuple[dict[str, Histogram], dict[str, np.ndarray]]:
-    """Histograms of ``names`` and per-channel maxima of ``channels`` over ``rows``; padded token
-    positions are left out. Memory is independent of the number of rows."""
+def _observe(model: Any, rows: list, encoder, names: list[str], channels: set[str], progress: Progress,
+             products: set[str] = frozenset()
+             ) -> tuple[dict[str, Histogram], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Histograms of ``names``, per-channel maxima of ``channels`` and ``X^T X`` of ``products``
+    over ``rows``; padded token positions are left out. Memory is independent of the number of rows."""
     histograms = {n: Histogram() for n in names}
     maxima = {n: ChannelMax() for n in channels}
-    wanted = sorted(set(names) | channels)
+    grams = {n: Gram() for n in products}
+    wanted = sorted(set(names) | channels | products)
     done = 0
     for feeds, outputs in run_outputs(model, wanted, rows, encoder, batch_size=8):
         mask = feeds.get("attention_mask")
@@ -413,10 +422,13 @@ def _observe(model: Any, rows: list, encoder, names: list[str], channels: set[st
                 histograms[name].update(value)
             if name in maxima:
                 maxima[name].update(value)
+            if name in grams:
+                grams[name].update(value)
         done += len(next(iter(feeds.values())))
         if progress is not None:
             progress(f"observed {done}/{len(rows)} samples")
-    return histograms, {n: m.value for n, m in maxima.items() if m.value is not None}
+    return (histograms, {n: m.value for n, m in maxima.items() if m.value is not None},
+            {n: g.value for n, g in grams.items() if g.value is not None})
 
 
 def _smoothed(model: Any, nodes: list[QuantNode], rows: list, encoder, alpha: float,
@@ -429,7 +441,7 @@ def _smoothed(model: Any, nodes: list[QuantNode], rows: list, encoder, alpha: fl
     groups = smoothable(model, nodes)
     if not groups:
         return model, nodes, {}, 0
-    _, maxima = _observe(model, rows, encoder, [], set(groups), progress)
+    _, maxima, _ = _observe(model, rows, encoder, [], set(groups), progress)
     smoothed, renamed = smooth_model(model, groups, maxima, alpha)
     scales = {q.layer: smoothing_scale(maxima[activation], alpha) for activation in renamed
               for q in groups[activation]}
@@ -472,17 +484,23 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
                                                   smooth_alpha, progress)
     # the layers' inputs, and the outputs of their Convs, quantized too so that they run in int8
     activations = sorted({n.activation for n in nodes} | set(conv_outputs(model, [n.node for n in nodes]).values()))
-    histograms, _ = _observe(model, range_rows, encoder, activations, set(), progress)
+    inputs = rounded_inputs(model, nodes)
+    histograms, _, grams = _observe(model, range_rows, encoder, activations, set(), progress, set(inputs.values()))
     ranges = {name: activation_range(histograms[name], method) for name in activations}
     observed = time.perf_counter()
+    if progress is not None:
+        progress("int8 weights rounded against their inputs (GPTQ)")
+    weights = rounded_weights(model, inputs, grams)
+    del grams
+    rounded = time.perf_counter()
     all_nodes = {n.node for n in nodes}
     trial_base, tables = _with_int8_embeddings(model)
-    int8, _ = qdq_model(trial_base, ranges, all_nodes)
+    int8, _ = qdq_model(trial_base, ranges, all_nodes, weights=weights)
     if progress is not None:
         progress("each layer's own SNR (one pass)")
     snr = local_snr(model, int8, nodes, (probe_rows or judge.rows)[:32], encoder)
     search = _Search(trial_base, ranges, all_nodes, judge, encoder, onnx_logits(model, judge.rows, encoder), budget,
-                     progress, original)
+                     progress, original, weights)
     forced = forced_float | forced_int8  # not ranked
     kl = search.kl_alone([n for n in nodes if n.node not in forced])
     sensitivity = sorted(({"layer": n.layer, "node": n.node, "op": n.op, "kl_alone": kl.get(n.node),
@@ -494,7 +512,7 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
     if meets(chosen, budget, **JUDGEMENTS[judged]):
         blocks, blocks_effect, block_steps = search.weight_blocks(float_nodes - forced_float, ranked, judged)
     chosen = blocks_effect or chosen
-    final = _int8_model(model, original, ranges, all_nodes - float_nodes, blocks=blocks)
+    final = _int8_model(model, original, ranges, all_nodes - float_nodes, blocks=blocks, weights=weights)
     log.debug("calibration: ranges in %.1f s, %d of %d layers kept float", observed - start, len(float_nodes),
               len(all_nodes))
     out = workdir / "model.int8.onnx"
@@ -515,6 +533,7 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
         forced_int8=frozenset(forced_int8),
         blocks=frozenset(blocks),
         smoothing=smoothing,
+        weights=weights,
         ranges=_ranges_document(method, ranges, activation_qparams(final), quantized, tables),
         float_layers=float_layers,
         sensitivity=sensitivity,
@@ -523,6 +542,7 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
             "method": method, "samples": len(range_rows), "judged_on": judge.source,
             "judge_samples": len(judge.rows),
             "smoothing": {"alpha": smooth_alpha, "activations": smoothed},
+            "weight_rounding": {"method": "gptq", "layers": len(weights)},
             "quantized_layers": len(quantized), "quantizable_layers": len(nodes),
             "forced_float": sorted(forced_float), "forced_int8": sorted(forced_int8),
             "judged_effect": chosen, "judged_by": judged, "search": steps,
@@ -532,7 +552,8 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
                        "confidence": budget.confidence,
                        "samples_to_show": samples_to_show(budget.min_agreement, budget.confidence)},
             "divergence": divergence,
-            "timing": {"observe_s": observed - start, "seconds": time.perf_counter() - start},
+            "timing": {"observe_s": observed - start, "rounding_s": rounded - observed,
+                       "seconds": time.perf_counter() - start},
         },
     )
 
@@ -544,7 +565,9 @@ def _ranges_document(method: str, ranges: dict[str, tuple[float, float]], qparam
         "method": method,
         "activations": {name: {"lo": float(lo), "hi": float(hi), **qparams.get(name, {}),
                                "quantized": name in qparams} for name, (lo, hi) in sorted(ranges.items())},
-        "weights": {"dtype": "int8", "scheme": "symmetric per output channel, adjacent input pairs within int16",
+        "weights": {"dtype": "int8",
+                    "scheme": ("symmetric per output channel, adjacent input pairs within int16; MatMul and Gemm "
+                               "weights rounded against their calibration inputs (GPTQ)"),
                     "layers": sorted(n.layer for n in quantized)},
         "embeddings": {"dtype": "int8", "scheme": "symmetric per row", "tables": tables},
     }

@@ -3,7 +3,8 @@ int8 embedding tables.
 
 Activations are uint8 with edgesdk's ranges (asymmetric, per tensor); weights are int8,
 symmetric, per output channel, scaled so that no adjacent pair of them can overflow the int16 sums
-of x86 integer kernels (``_quantize_weight``); Conv and Gemm biases int32. The rewrite is edgesdk's own
+of x86 integer kernels (``_quantize_weight``), rounded to nearest unless calibration gives them
+rounded against their inputs (``rounding.py``); Conv and Gemm biases int32. The rewrite is edgesdk's own
 (onnx protobuf edits), so no quantizer's private API is involved. Large ``Gather`` tables indexed by a model
 input (the token embedding) become int8 with one scale per row and one per column, gathered
 and scaled at run time, so the table is stored at a quarter of its bytes and never
@@ -17,6 +18,7 @@ weights are quantized.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -191,8 +193,9 @@ def _quantize_weight(w: np.ndarray, axis: int, kernel_rows: np.ndarray | None = 
 class _QdqRewrite:
     """Adds Q/DQ nodes and quantized initializers to a graph, each tensor's once."""
 
-    def __init__(self, model, ranges: dict[str, tuple[float, float]], symmetric: bool) -> None:
-        self.model, self.ranges, self.symmetric = model, ranges, symmetric
+    def __init__(self, model, ranges: dict[str, tuple[float, float]], symmetric: bool,
+                 weights: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        self.model, self.ranges, self.symmetric, self.rounded = model, ranges, symmetric, weights
         self.initializers = {i.name: i for i in model.graph.initializer}
         self.arrays: dict[str, np.ndarray] = {}  # converted when read: a large table never is
         self.added: dict[str, str] = {}
@@ -235,11 +238,12 @@ class _QdqRewrite:
         return self.added[name]
 
     def weight(self, node, name: str) -> str:
-        """Route ``node``'s weight ``name`` through DequantizeLinear of its int8 form (``_quantize_weight``)."""
+        """Route ``node``'s weight ``name`` through DequantizeLinear of its int8 form: the one given
+        for it (rounded against its inputs), else ``_quantize_weight``'s nearest rounding."""
         if name not in self.added:
             w = self._array(name)
             axis = _weight_axis(node, w.ndim)
-            q, scale = _quantize_weight(w, axis, _kernel_rows(node, w))
+            q, scale = self.rounded[name] if name in self.rounded else _quantize_weight(w, axis, _kernel_rows(node, w))
             self.scales[name] = scale
             self.added[name] = self._dequantize(
                 name, self._constant(f"{name}_quantized", q), self._constant(f"{name}_scale", scale),
@@ -290,9 +294,11 @@ def conv_outputs(model, nodes: set[str] | list[str]) -> dict[str, str]:
     return found
 
 
-def qdq_model(fp32, ranges: dict[str, tuple[float, float]], nodes: set[str] | list[str], symmetric: bool = False):
+def qdq_model(fp32, ranges: dict[str, tuple[float, float]], nodes: set[str] | list[str], symmetric: bool = False,
+              weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None):
     """The QDQ model (onnx.ModelProto) of the float ``fp32`` (a ModelProto) with ``nodes``
-    quantized, and int8 embedding tables; returns it and the names of those tables.
+    quantized, and int8 embedding tables; returns it and the names of those tables. ``weights``:
+    int8 weights and their scales already rounded, by initializer name (``rounding.py``).
 
     Only the quantized nodes read the dequantized activation; other readers of the same
     tensor (a residual Add) keep the float one. A quantized Conv's output (``conv_outputs``)
@@ -305,7 +311,7 @@ def qdq_model(fp32, ranges: dict[str, tuple[float, float]], nodes: set[str] | li
 
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
-    rewrite = _QdqRewrite(model, ranges, symmetric)
+    rewrite = _QdqRewrite(model, ranges, symmetric, weights or {})
     wanted = set(nodes)
     quantized_outputs = {t for t in conv_outputs(model, wanted).values() if t in ranges}
     ordered = []
