@@ -43,13 +43,20 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         assert "verification data" in calibration["judged_on"]
         assert calibration["quantized_layers"] >= 1
         assert len(calibration["sensitivity"]) == calibration["quantizable_layers"]
-        # every MatMul/Gemm weight of the text model rounded against its inputs (GPTQ), none of the Convs
+        # GPTQ rounding where the judging samples keep a lower logit KL with it (every MatMul/Gemm weight
+        # of the text model, none of the Convs), else nearest; the report says which
         linear = sum(s["op"] in ("MatMul", "Gemm") for s in calibration["sensitivity"])
-        rounded = calibration["weight_rounding"]
-        assert rounded["method"] == "gptq" and rounded["layers"] <= linear
-        if kind == "text":
-            assert rounded["layers"] == linear
-            assert "rounded against their calibration inputs (GPTQ)" in (demo_out / kind / "report.html").read_text()
+        rounding, html = calibration["weight_rounding"], (demo_out / kind / "report.html").read_text()
+        kl = rounding["judged_kl"]
+        if kl is None:  # no layer GPTQ could round
+            assert rounding == {"method": "nearest", "layers": 0, "judged_kl": None} and kind == "image"
+        elif rounding["method"] == "gptq":
+            assert kl["gptq"] <= kl["nearest"] and 1 <= rounding["layers"] <= linear
+            assert rounding["layers"] == linear or kind == "image"
+            assert "rounded against their calibration inputs (GPTQ)" in html
+        else:
+            assert rounding["method"] == "nearest" and rounding["layers"] == 0 and kl["gptq"] > kl["nearest"]
+            assert "rounded to\nnearest" in html
         for layer in calibration["float_layers"]:
             assert {"layer", "kl_alone", "local_snr_db", "forced", "weights"} <= set(layer) and not layer["forced"]
         divergence = calibration["divergence"]  # every layer output compared with the float model
@@ -631,6 +638,30 @@ def test_int8_weights_rounded_against_their_inputs_fit_the_layer_better_and_keep
     qdq, _ = qdq_model(model, {"x": (-30.0, 30.0)}, {"layer"}, weights={"w": (q, scale)})
     written = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
     assert np.array_equal(written["w_quantized"], q) and np.array_equal(written["w_scale"], scale)
+
+
+def test_gptq_weights_are_kept_only_where_the_judging_samples_show_a_lower_kl_with_them():
+    """``judged_rounding`` judges the every-layer-int8 model with the rounded weights and with
+    nearest rounding and keeps the lower logit KL; with nothing rounded it judges nothing."""
+    from edgesdk.calibration.calibrate import judged_rounding
+
+    class Search:  # a trial's KL depends only on whether rounded weights are in use
+        def __init__(self, weights, kl_rounded, kl_nearest):
+            self.weights, self.kl, self.trials = weights, {True: kl_rounded, False: kl_nearest}, 0
+
+        def trial(self, float_nodes):
+            assert float_nodes == set()
+            self.trials += 1
+            return {"kl": self.kl[bool(self.weights)]}
+
+    rounded = {"w": (np.zeros((2, 2), np.int8), np.ones(2, np.float32))}
+    better = Search(dict(rounded), 1e-4, 2e-4)
+    assert judged_rounding(better) == {"method": "gptq", "layers": 1, "judged_kl": {"nearest": 2e-4, "gptq": 1e-4}}
+    assert better.weights == rounded
+    worse = Search(dict(rounded), 3e-4, 2e-4)
+    assert judged_rounding(worse)["method"] == "nearest" and worse.weights == {}
+    none = Search({}, 0.0, 0.0)
+    assert judged_rounding(none) == {"method": "nearest", "layers": 0, "judged_kl": None} and none.trials == 0
 
 
 def _quantized_output(qdq, scale: float):
