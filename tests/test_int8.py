@@ -78,6 +78,7 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         floats = {f["layer"] for f in calibration["float_layers"]}
         assert all(not r["int8"] for r in divergence["layers"] if r["layer"] in floats)
         ranges = json.loads((folder / "ranges.json").read_text())
+        assert ("(GPTQ)" in ranges["weights"]["scheme"]) == (rounding["method"] == "gptq")
         quantized = [r for r in ranges["activations"].values() if r["quantized"]]
         assert quantized and all(r["scale"] > 0 and 0 <= r["zero_point"] <= 255 for r in quantized)
         assert all(r["lo"] <= 0 <= r["hi"] for r in ranges["activations"].values())

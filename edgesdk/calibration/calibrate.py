@@ -555,7 +555,7 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
         blocks=frozenset(blocks),
         smoothing=smoothing,
         weights=weights,
-        ranges=_ranges_document(method, ranges, activation_qparams(final), quantized, tables),
+        ranges=_ranges_document(method, ranges, activation_qparams(final), quantized, tables, rounding["method"]),
         float_layers=float_layers,
         sensitivity=sensitivity,
         met_budget=meets(chosen, budget, **JUDGEMENTS[judged]),
@@ -580,15 +580,16 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
 
 
 def _ranges_document(method: str, ranges: dict[str, tuple[float, float]], qparams: dict[str, dict],
-                     quantized: list[QuantNode], tables: list[str]) -> dict[str, Any]:
+                     quantized: list[QuantNode], tables: list[str], rounding: str) -> dict[str, Any]:
     return {
         "format": "edgesdk-int8-ranges",
         "method": method,
         "activations": {name: {"lo": float(lo), "hi": float(hi), **qparams.get(name, {}),
                                "quantized": name in qparams} for name, (lo, hi) in sorted(ranges.items())},
         "weights": {"dtype": "int8",
-                    "scheme": ("symmetric per output channel, adjacent input pairs within int16; MatMul and Gemm "
-                               "weights rounded against their calibration inputs (GPTQ)"),
+                    "scheme": "symmetric per output channel, adjacent input pairs within int16; " + (
+                        "MatMul and Gemm weights rounded against their calibration inputs (GPTQ)"
+                        if rounding == "gptq" else "rounded to nearest"),
                     "layers": sorted(n.layer for n in quantized)},
         "embeddings": {"dtype": "int8", "scheme": "symmetric per row", "tables": tables},
     }
