@@ -407,6 +407,40 @@ def test_smoothing_is_an_exact_rewrite_folded_into_a_product_where_it_can_be():
     assert np.allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_smoothing_of_a_layernorm_read_only_by_matmuls_is_folded_into_its_scale_and_bias():
+    """Pre-LN (ViT, ModernBERT): a LayerNorm output that only MatMuls read takes the smoothing in its
+    scale and bias, with no Mul; one the residual reads too (post-LN BERT) keeps its Mul."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    constants = {name: rng.normal(size=shape).astype(np.float32)
+                 for name, shape in [("a", (8, 8)), ("b", (8, 8)), ("c", (8, 8)), ("g1", (8,)), ("b1", (8,)),
+                                     ("g2", (8,))]}
+    graph = helper.make_graph(
+        [helper.make_node("LayerNormalization", ["x", "g1", "b1"], ["pre"], name="ln_pre"),  # MatMuls only
+         helper.make_node("MatMul", ["pre", "a"], ["qa"], name="fc_a"),
+         helper.make_node("MatMul", ["pre", "b"], ["qb"], name="fc_b"),
+         helper.make_node("Add", ["qa", "qb"], ["s"], name="join"),
+         helper.make_node("Add", ["s", "x"], ["r"], name="residual"),  # reads the LayerNorm's input
+         helper.make_node("LayerNormalization", ["r", "g2"], ["post"], name="ln_post"),  # no bias
+         helper.make_node("MatMul", ["post", "c"], ["y"], name="fc_c"),
+         helper.make_node("Add", ["y", "post"], ["logits"], name="residual_post")],  # reads it too
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 8])],
+        [numpy_helper.from_array(v, k) for k, v in constants.items()])
+    model, smoothed, renamed = _smoothed(graph, 17, {"pre": OUTLIERS, "post": OUTLIERS[::-1].copy()})
+    assert renamed == {"pre": "pre", "post": "post.smooth"}
+    assert [n.op_type for n in smoothed.graph.node].count("Mul") == 1  # post's only
+    stored = {i.name: numpy_helper.to_array(i) for i in smoothed.graph.initializer}
+    scale = OUTLIERS[3] ** 0.75  # the outlier channel's divisor (the others: 1)
+    assert np.allclose([stored["g1"][3], stored["b1"][3]], [constants["g1"][3] / scale, constants["b1"][3] / scale])
+    assert np.array_equal(stored["g1"][:3], constants["g1"][:3]) and np.array_equal(stored["g2"], constants["g2"])
+    x = (rng.normal(size=(32, 8)) * OUTLIERS).astype(np.float32)
+    expected = ort_session(model.SerializeToString()).run(["logits"], {"x": x})[0]
+    got = ort_session(smoothed.SerializeToString()).run(["logits"], {"x": x})[0]
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_smoothing_that_only_float_layers_read_is_taken_out_of_the_int8_model():
     """A smoothed input read by an int8 layer keeps its Mul; one only float layers read loses it,
     and those layers read the original tensor with their original weights, bit for bit."""

@@ -12,11 +12,12 @@ SST-2 and topic MiniLMs, alpha 0.75 gave the lowest KL (0.5: +25%, 1.0: +150%).
 
 ``x / s`` is a ``Mul`` on the path to those MatMuls only: other readers of ``x`` (a
 residual ``Add``, a LayerNorm) keep the original tensor, so the float model computes the
-same function. Consumers that share an input share one ``s``. Two kinds of activation read
+same function. Consumers that share an input share one ``s``. Three kinds of activation read
 only by those MatMuls take ``1 / s`` without an extra pass over the tensor: a product (GELU
-written out as ``x * (0.5 * (1 + erf(x / sqrt 2)))``) in its constant factor, and an attention
+written out as ``x * (0.5 * (1 + erf(x / sqrt 2)))``) in its constant factor, an attention
 output in the value projection's weight and bias columns (a Mul on MiniLM's 128 x 384
-attention output cost 27 us per layer in onnxruntime, 2 threads). An opset-23 ``Gelu`` op
+attention output cost 27 us per layer in onnxruntime, 2 threads), and a LayerNorm output
+(pre-LN transformers) in the LayerNorm's scale and bias. An opset-23 ``Gelu`` op
 gets a ``Mul``. Where every MatMul reading a smoothed activation stays float,
 ``drop_idle_smoothing`` takes its ``Mul`` out of the final model again (it would cost a pass
 and buy nothing).
@@ -116,7 +117,8 @@ def smooth_model(model: Any, groups: dict[str, list], channel_max: dict[str, np.
         smoothed = f"{activation}.smooth"
         if uses.get(activation) == len(consumers) and activation not in outputs and (
                 _fold_into_factor(graph, activation, 1 / scale, producers, constants, uses)
-                or _fold_into_values(graph, activation, 1 / scale, producers, constants, uses)):
+                or _fold_into_values(graph, activation, 1 / scale, producers, constants, uses)
+                or _fold_into_layernorm(graph, activation, 1 / scale, producers, constants, uses)):
             smoothed = activation
         else:
             graph.initializer.append(numpy_helper.from_array((1 / scale).astype(np.float32), f"{smoothed}.inv_scale"))
@@ -181,6 +183,24 @@ def _fold_into_values(graph: Any, activation: str, inverse: np.ndarray, producer
         scaled.append((producer, columns[0]))
         name = producer.input[1 - columns[0]]
     return False
+
+
+def _fold_into_layernorm(graph: Any, activation: str, inverse: np.ndarray, producers: dict, constants: dict,
+                         uses: dict[str, int]) -> bool:
+    """Divide a LayerNorm output by the smoothing scale in its scale and bias, when it is one over the
+    last axis with constant ones (pre-LN transformers: ViT, ModernBERT, whose residual reads the
+    LayerNorm's input). Returns whether it did."""
+    node = producers.get(activation)
+    if node is None or node.op_type != "LayerNormalization" or node.output[0] != activation:
+        return False
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+    affine = [i for i in (1, 2) if i < len(node.input) and node.input[i]]
+    if axis != -1 or any(node.input[i] not in constants or tuple(constants[node.input[i]].dims) != inverse.shape
+                         for i in affine):
+        return False
+    for index in affine:
+        _scale_constant(graph, node, index, inverse, constants, uses)
+    return True
 
 
 def _scale_weight(graph: Any, node: Any, scale: np.ndarray, constants: dict, uses: dict[str, int]) -> None:
