@@ -7,6 +7,7 @@ __all__ = [
     "InputError",
     "ModelError",
     "PassError",
+    "UntraceableError",
     "TargetError",
     "BundleError",
     "ParityError",
@@ -27,6 +28,15 @@ class ModelError(EdgeSDKError):
 
 class PassError(EdgeSDKError):
     """A converter pass failed; the message names the pass and those that ran before it."""
+
+
+class UntraceableError(PassError):
+    """A graph pass cannot trace the model (its forward has Python control flow on tensors);
+    ``reason`` says why, without the advice."""
+
+    def __init__(self, model: str, cause: str) -> None:
+        self.reason = f"cannot trace {model} with torch.fx ({cause})"
+        super().__init__(f"{self.reason}; skip reparameterization with passes=[] or make forward() traceable")
 
 
 class TargetError(EdgeSDKError):

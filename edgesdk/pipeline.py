@@ -550,10 +550,13 @@ def _model_stage(model: Classifier, job: _Job, steps: Steps, work: Path
             return _measure(c, data, reference)
 
     with steps.step(f"passes on {model.spec.name}: {', '.join(job.applying) or 'none apply'}") as update:
-        classifier, pass_records = run_passes(model, job.pass_names, measure, job.pass_options, work, update)
+        classifier, pass_records = run_passes(model, job.pass_names, measure, job.pass_options, work, update,
+                                              named=job.config.passes is not None)
     for record in pass_records:
         if "sizing" in record:
             steps.note(f"  vocabulary sized: {_sizing_line(record)}")
+        if "not_run" in record:
+            steps.note(f"  {record['name']} not run: {record['not_run']}")
     gates = []
     if data is not None and any(r["changed"] and not r["exact"] for r in pass_records):
         with steps.step("pruning fidelity: the pruned PyTorch model against the original") as update:

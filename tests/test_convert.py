@@ -51,6 +51,37 @@ def test_image_convert_any_size_and_topk(image_npz, tmp_path):
         assert out["top_k"].shape == (1, 4)
 
 
+class _BranchingNet(torch.nn.Module):
+    """A conv net whose forward checks its input's shape in Python, as HF's ViT does: torch.export
+    follows that, torch.fx's symbolic tracing cannot."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_cnn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != 3:
+            raise ValueError(f"expected 3 channels, got {x.shape[1]}")
+        return self.net(x)
+
+
+def test_default_graph_passes_that_cannot_trace_the_model_say_so_and_conversion_goes_on(image_npz, tmp_path):
+    """A model torch.fx cannot trace (HF's ViT) still converts with the default passes: each graph
+    pass's record says why it did not run; naming a pass makes it an error that says what to do."""
+    model = ImageClassifier.create(_BranchingNet().eval(), ["a", "b", "c", "d"], PRE)
+    result = edgesdk.convert(model, tmp_path / "dist", verify_on=image_npz, quiet=True)
+    assert result.ok
+    not_run = {r["name"]: r["not_run"] for r in result.passes}
+    assert set(not_run) == {"fold_batchnorm", "fuse_branches"}
+    assert all("cannot trace _BranchingNet with torch.fx" in why for why in not_run.values())
+    (report,) = json.loads((result.out / "report.json").read_text())["models"]
+    assert {p["name"] for p in report["passes"] if "not_run" in p} == set(not_run)
+    assert "not_run" in (result.out / "report.html").read_text(encoding="utf-8")
+    with pytest.raises(EdgeSDKError, match="pass 'fold_batchnorm' failed .*cannot trace.*passes=\\[\\]"):
+        edgesdk.convert(model, tmp_path / "named", verify_on=image_npz, passes=["fold_batchnorm"], quiet=True)
+    _assert_nothing_written(tmp_path / "named")
+
+
 def test_no_verification_data_is_reported_as_skipped(tmp_path):
     model = ImageClassifier.create(tiny_cnn(), ["a", "b", "c", "d"], PRE)
     result = edgesdk.convert(model, tmp_path / "dist", quiet=True)

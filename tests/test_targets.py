@@ -111,6 +111,41 @@ def test_every_weight_layer_of_the_demo_models_is_found_in_their_tflite(demo_out
         assert plan.unmatched == [] and plan.float_layers == sorted(weights), kind
 
 
+class _TinyVit(torch.nn.Module):
+    """A randomly initialized Hugging Face ViT (2 pre-LN layers) taking normalized pixels."""
+
+    def __init__(self) -> None:
+        from transformers import ViTConfig, ViTForImageClassification
+
+        super().__init__()
+        torch.manual_seed(0)
+        self.vit = ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                                       num_attention_heads=2, intermediate_size=64, num_labels=4))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vit(pixel_values=pixels).logits
+
+
+def test_an_image_transformer_converts_and_litert_int8_keeps_its_attention_float(demo_out, tmp_path):
+    """Hugging Face's ViT, which torch.fx cannot trace, converts with the default passes (they say
+    why they did not run); its .tflite multiplies activations (attention), so full-integer LiteRT
+    gives int8 to its weight layers only, as in text models, where the demo's CNN is int8 throughout."""
+    from edgesdk.targets.tflite_int8 import _attends, _op_table
+
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images.npz"
+    np.savez(images, images=rng.integers(0, 256, (12, 20, 24, 3), dtype=np.uint8), labels=rng.integers(0, 4, 12))
+    model = ImageClassifier.create(_TinyVit().eval(), ["a", "b", "c", "d"],
+                                   ImagePreprocessing(size=(16, 16), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
+    result = edgesdk.convert(model, tmp_path / "out", targets=["onnx", "tflite"], precisions=["fp32"],
+                             verify_on=images, quiet=True)
+    assert result.ok, [(b.name, b.reason) for b in result.bundles]
+    assert {r["name"] for r in result.passes if "cannot trace" in r.get("not_run", "")} == {"fold_batchnorm",
+                                                                                              "fuse_branches"}
+    assert _attends(_op_table(result.out / "tflite-fp32" / "model.tflite", {}))
+    assert not _attends(_op_table(demo_out / "image" / "tflite-fp32" / "model.tflite", {}))
+
+
 def test_a_first_convolution_with_the_input_normalization_folded_in_is_found_in_its_tflite():
     """LiteRT folds an image model's per-channel input scale into its first convolution, and writes a
     convolution of one input channel as depthwise: the layer is still found by its weight (a float

@@ -1,7 +1,8 @@
 """The pass contract: a pass takes a classifier and returns a result with the new one.
 
 Passes return a new classifier and never change their input in place. A chain re-raises
-a failure as ``PassError`` naming the pass that failed and those that ran before it.
+a failure as ``PassError`` naming the pass that failed and those that ran before it; a graph
+pass that was not asked for by name and cannot trace the model is recorded as not run instead.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from edgesdk.errors import EdgeSDKError, PassError
+from edgesdk.errors import EdgeSDKError, PassError, UntraceableError
 from edgesdk.registry import Registry
 
 __all__ = ["Pass", "PassResult", "PASSES", "run_passes"]
@@ -52,13 +53,15 @@ PASSES: Registry[type[Pass]] = Registry("pass")
 def run_passes(
     classifier: Any, names: list[str], measure: Callable[[Any], dict[str, Any]] | None = None,
     options: dict[str, dict[str, Any]] | None = None, workdir: Path | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, named: bool = True,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Run the named passes in order; returns the final classifier and one record per pass.
 
     ``options[name]`` are keyword arguments of that pass (all passes are created, and so
     checked, before the first runs); ``measure(classifier)`` adds figures (e.g. logit
-    differences) to each record that changed.
+    differences) to each record that changed. Unless the user ``named`` the passes (they are
+    the defaults), a pass that cannot trace the model (a ViT whose forward branches on tensor
+    values) does not stop the chain: its record says why it did not run.
     """
     passes = [PASSES.get(name)(**(options or {}).get(name, {})) for name in names]
     records: list[dict[str, Any]] = []
@@ -69,13 +72,17 @@ def run_passes(
         p.progress = progress
         if not p.applies_to(classifier):
             continue
+        modules_before.append(_module_names(classifier))
         try:
             result = p(classifier)
         except Exception as e:
+            if isinstance(e, UntraceableError) and not named:
+                records.append({"name": name, "exact": p.exact, "changed": False,
+                                "not_run": f"{e.reason}; this pass needs a forward() that torch.fx can trace"})
+                continue
             done = ", ".join(r["name"] for r in records) or "none"
             cause = str(e) if isinstance(e, EdgeSDKError) else f"{type(e).__name__}: {e}"
             raise PassError(f"pass {name!r} failed ({cause}); passes run before it: {done}") from e
-        modules_before.append(_module_names(classifier))
         classifier = result.classifier
         figures = measure(classifier) if measure is not None and result.changed else {}
         records.append({"name": name, "exact": p.exact, "changed": result.changed, **result.notes, **figures})

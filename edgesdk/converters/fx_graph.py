@@ -12,7 +12,7 @@ import operator
 import torch
 from torch import fx, nn
 
-from edgesdk.errors import PassError
+from edgesdk.errors import UntraceableError
 
 from .base import Pass, PassResult
 
@@ -46,16 +46,13 @@ class _Tracer(fx.Tracer):
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """A GraphModule of ``model`` (symbolic tracing), or a PassError saying why not."""
+    """A GraphModule of ``model`` (symbolic tracing), or an UntraceableError saying why not."""
     if isinstance(model, fx.GraphModule):
         return fx.GraphModule(model, model.graph)
     try:
         return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     except Exception as e:
-        raise PassError(
-            f"cannot trace {type(model).__name__} with torch.fx ({type(e).__name__}: {e}); "
-            "skip reparameterization with passes=[] or make forward() traceable"
-        ) from e
+        raise UntraceableError(type(model).__name__, f"{type(e).__name__}: {e}") from e
 
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
