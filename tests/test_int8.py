@@ -301,6 +301,30 @@ def test_onnxruntime_int8_form_runs_each_matmul_and_its_bias_as_one_integer_kern
     assert np.all(difference <= step * np.abs(w2).sum(0) + 1e-4)
 
 
+def test_symmetric_int8_through_reshapes_loads_in_onnxruntime_and_keeps_its_values():
+    """TensorRT's symmetric QDQ of a MobileViT: an int8 conv output reshaped and transposed into a
+    float op. onnxruntime 1.32's own rewrites (Q/DQ propagation past the reshape, then int8 to
+    uint8) made it refuse the model; ``ort_session`` loads it and computes the QDQ values."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+         helper.make_node("Reshape", ["dq", "grid"], ["v"]),
+         helper.make_node("Transpose", ["v"], ["t"], perm=[0, 2, 1]),
+         helper.make_node("Reshape", ["t", "flat"], ["u"]),
+         helper.make_node("Sigmoid", ["u"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+        [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z"),
+         numpy_helper.from_array(np.array([1, 4, 8], np.int64), "grid"),
+         numpy_helper.from_array(np.array([1, 32], np.int64), "flat")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    x = np.linspace(-8, 8, 32, dtype=np.float32)[None]
+    expected = 1 / (1 + np.exp(-(np.clip(np.round(x / 0.05), -128, 127) * 0.05).reshape(4, 8).T.reshape(1, 32)))
+    assert np.allclose(ort_session(model.SerializeToString()).run(["y"], {"x": x})[0], expected, atol=1e-6)
+
+
 OUTLIERS = np.array([1, 1, 1, 30, 1, 1, 1, 1], np.float32)  # per-channel maxima with one outlier
 
 

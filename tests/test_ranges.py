@@ -81,6 +81,19 @@ def test_histogram_memory_is_fixed_and_counts_are_kept():
         h.update(np.array([1.0, np.nan]))
 
 
+@pytest.mark.parametrize("values", [np.linspace(-1.4e-42, 9e-43, 2048, dtype=np.float32),  # denormals (MobileViT)
+                                    np.linspace(1000.0, 1000.1, 4096, dtype=np.float32)],  # narrow, far from 0
+                         ids=["denormal", "narrow"])
+def test_histogram_takes_activations_whose_range_float32_bins_cannot_split(values):
+    h = Histogram(2048)
+    for batch in np.array_split(values, 3):
+        h.update(batch)
+    assert h.total == len(values) and h.min == values.min() and h.max == values.max()
+    for method in RANGE_METHODS:
+        lo, hi = activation_range(h, method)
+        assert np.isfinite([lo, hi]).all() and lo <= hi, method
+
+
 def test_unknown_method_names_the_known_ones():
     with pytest.raises(InputError, match="entropy, minmax, mse, percentile"):
         RANGE_METHODS.get("kl")

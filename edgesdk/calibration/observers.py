@@ -44,7 +44,9 @@ class Histogram:
             self.lo, self.hi = mn, mx if mx > mn else mn + max(1e-6, abs(mn) * 1e-2)
         elif mn < self.lo or mx > self.hi:
             self._widen(min(mn, self.lo), max(mx, self.hi))
-        self.counts += np.histogram(x, self.bins, (self.lo, self.hi))[0]
+        # float64 edges: float32 ones (numpy's for float32 data) collapse over a narrow range far from 0
+        # (values within 1000 +- 0.05) or one of denormals (a MobileViT's near-zero activations)
+        self.counts += np.histogram(x, self.bins, (np.float64(self.lo), np.float64(self.hi)))[0]
 
     def _widen(self, lo: float, hi: float) -> None:
         centers = (self.edges[:-1] + self.edges[1:]) / 2

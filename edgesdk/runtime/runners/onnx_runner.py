@@ -22,8 +22,12 @@ def ort_session(model: Path | bytes, extensions: bool = False, threads: int | No
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     if extensions:
         options.register_custom_ops_library(import_runtime("onnxruntime_extensions", "strings").get_library_path())
+    # onnxruntime 1.32 rewrites int8 activations to uint8 (QDQS8ToU8Transformer) after propagating
+    # Q/DQ pairs past reshapes, and fails to load a model where both apply: TensorRT's symmetric int8
+    # QDQ of a MobileViT ("output_dtype INT8 does not match y_zero_point type UINT8"). Without the
+    # rewrite it computes the same integers; edgesdk's uint8 models have nothing for it to rewrite.
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                providers=["CPUExecutionProvider"])
+                                providers=["CPUExecutionProvider"], disabled_optimizers=["QDQS8ToU8Transformer"])
 
 
 class OnnxRuntimeRunner(Runner):
