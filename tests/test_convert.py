@@ -82,6 +82,26 @@ def test_default_graph_passes_that_cannot_trace_the_model_say_so_and_conversion_
     _assert_nothing_written(tmp_path / "named")
 
 
+class _ValueBranchingNet(_BranchingNet):
+    """Branches on a tensor's value, which torch.export cannot follow either."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 1e9:
+            x = x * 0
+        return self.net(x)
+
+
+def test_a_failed_onnx_export_is_reported_in_one_readable_line(image_npz, tmp_path):
+    """torch.onnx's failure report (colour codes, advice to file issues) becomes its exception
+    summary and the line of the model where it arose."""
+    model = ImageClassifier.create(_ValueBranchingNet().eval(), ["a", "b", "c", "d"], PRE)
+    (bundle,) = edgesdk.convert(model, tmp_path / "dist", verify_on=image_npz, passes=[], quiet=True).bundles
+    assert bundle.status == "error"
+    cause = r"ONNX export of 'image-classifier' failed: .*data-dependent.* \(at test_convert\.py:\d+ in forward\)"
+    assert re.fullmatch(cause, bundle.reason), bundle.reason
+    assert "\x1b" not in bundle.reason and "issue" not in bundle.reason
+
+
 def test_no_verification_data_is_reported_as_skipped(tmp_path):
     model = ImageClassifier.create(tiny_cnn(), ["a", "b", "c", "d"], PRE)
     result = edgesdk.convert(model, tmp_path / "dist", quiet=True)

@@ -12,6 +12,7 @@ onnxruntime runs faster than its fused form (``onnx_layernorm``).
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def export_onnx(classifier, path: Path) -> Path:
                 verbose=False,
             )
     except Exception as e:
-        raise TargetError(f"ONNX export of {spec.name!r} failed: {type(e).__name__}: {e}") from e
+        raise TargetError(f"ONNX export of {spec.name!r} failed: {_export_failure(e)}") from e
     model = program.model_proto
     attention_on_hidden_states(model)
     attention_masks_per_query(model)
@@ -57,6 +58,18 @@ def export_onnx(classifier, path: Path) -> Path:
     _strip_run_dependent(model)
     onnx.save_model(model, str(path), save_as_external_data=False)
     return path
+
+
+def _export_failure(error: Exception) -> str:
+    """The cause of a failed ``torch.onnx.export`` in one readable line: the exception summary of
+    its report (not its colour codes and advice to file issues), and where in the model it arose."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    summary = re.search(r"## Exception summary\s+(.+?)(?:\n\s*\n|$)", text, re.S)
+    if summary is None:
+        return f"{type(error).__name__}: {text}"
+    cause = " ".join(summary.group(1).split())
+    where = re.findall(r'File "([^"]+)", line (\d+), in (\w+)', text)
+    return cause + (f" (at {Path(where[-1][0]).name}:{where[-1][1]} in {where[-1][2]})" if where else "")
 
 
 def _strip_run_dependent(model) -> None:
