@@ -10,6 +10,7 @@ from torch import nn
 from edgesdk import ImageClassifier, ImagePreprocessing
 from edgesdk.converters import run_passes
 from edgesdk.converters.fx_graph import bn_scale_shift, identity_kernel
+from edgesdk.errors import PassError
 
 PASSES = ["fold_batchnorm", "fuse_branches"]
 
@@ -382,3 +383,39 @@ def test_a_branch_sum_inside_a_residual_add_fuses_on_its_own():
     fused, records = check_exact(classifier(Net(RepGhostish(8), RepGhostish(8))))
     assert [r["pattern"] for r in records[1]["rewrites"]] == ["2 branches"] * 2 and records[1]["skipped"] == []
     assert not any("BatchNorm" in t for t in module_types(fused.model))
+
+
+class ShapeCheckingStem(nn.Module):
+    """A stem that checks its input's channels in Python, as Hugging Face's ResNet embeddings do:
+    torch.fx cannot trace that."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.conv = convbn(3, c, 3)
+
+    def forward(self, x):
+        if x.shape[1] != 3:
+            raise ValueError("expected 3 channels")
+        return self.conv(x)
+
+
+class ShapeCheckingNet(Net):
+    """The same check in the root's own forward."""
+
+    def forward(self, x):
+        if x.shape[1] != 3:
+            raise ValueError("expected 3 channels")
+        return super().forward(x)
+
+
+def test_a_submodule_fx_cannot_trace_is_kept_whole_and_the_rest_is_folded():
+    """The stem stays as it is (named under ``opaque``), every other Conv->BatchNorm is folded, exactly;
+    a root whose own forward cannot be traced is still an error naming the model."""
+    net = Net(RepVGGish(8))
+    net.stem = ShapeCheckingStem()
+    fused, records = check_exact(classifier(net))
+    assert records[0]["opaque"] == ["ShapeCheckingStem"] and records[0]["changed"]
+    assert isinstance(fused.model.stem, ShapeCheckingStem) and "BatchNorm2d" in module_types(fused.model.stem)
+    assert "BatchNorm2d" not in module_types(fused.model.blocks) and "BatchNorm1d" not in module_types(fused.model.head)
+    with pytest.raises(PassError, match="cannot trace ShapeCheckingNet with torch.fx"):
+        run_passes(classifier(ShapeCheckingNet()), ["fold_batchnorm"])

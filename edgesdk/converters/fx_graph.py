@@ -38,21 +38,51 @@ __all__ = [
 
 class _Tracer(fx.Tracer):
     """fx's tracer, with BatchNorm subclasses that keep BatchNorm's forward as leaves (their
-    forward checks input ranks in Python, which symbolic tracing cannot follow)."""
+    forward checks input ranks in Python, which symbolic tracing cannot follow), and modules of
+    the ``opaque`` classes as leaves too. ``failed_in`` is the innermost module being traced when
+    tracing failed ("" for the root's own forward)."""
+
+    def __init__(self, opaque: frozenset[type]) -> None:
+        super().__init__()
+        self.opaque, self.stack, self.failed_in = opaque, [], None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         inherits_forward = isinstance(m, _BatchNorm) and type(m).forward is _BatchNorm.forward
-        return inherits_forward or super().is_leaf_module(m, qualname)
+        return inherits_forward or type(m) in self.opaque or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        self.stack.append(m)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            self.failed_in = self.failed_in or m
+            raise
+        finally:
+            self.stack.pop()
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """A GraphModule of ``model`` (symbolic tracing), or an UntraceableError saying why not."""
+    """A GraphModule of ``model`` (symbolic tracing), or an UntraceableError saying why not.
+
+    A submodule whose forward fx cannot follow (Hugging Face's ResNet embeddings check the
+    channel count in Python) is kept whole, with every module of its class, as one opaque call;
+    ``gm.meta["opaque"]`` names those classes. Only a root that cannot be traced is an error.
+    """
     if isinstance(model, fx.GraphModule):
         return fx.GraphModule(model, model.graph)
-    try:
-        return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
-    except Exception as e:
-        raise UntraceableError(type(model).__name__, f"{type(e).__name__}: {e}") from e
+    opaque: frozenset[type] = frozenset()
+    while True:
+        tracer = _Tracer(opaque)
+        try:
+            gm = fx.GraphModule(model, tracer.trace(model), type(model).__name__)
+        except Exception as e:
+            culprit = type(tracer.failed_in) if tracer.failed_in is not None else None
+            if culprit is None or culprit in opaque:
+                raise UntraceableError(type(model).__name__, f"{type(e).__name__}: {e}") from e
+            opaque |= {culprit}
+            continue
+        gm.meta["opaque"] = sorted(c.__name__ for c in opaque)
+        return gm
 
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
@@ -307,5 +337,6 @@ class GraphPass(Pass):
         gm.recompile()
         after = count_parameters(gm)
         notes = {"rewrites": done, "skipped": skipped, "canonicalized": canonical,
+                 **({"opaque": gm.meta["opaque"]} if gm.meta.get("opaque") else {}),
                  "parameters": [before[0], after[0]], "bytes": [before[1], after[1]]}
         return PassResult(classifier.with_model(gm) if done else classifier, bool(done), notes)
