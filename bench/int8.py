@@ -12,8 +12,9 @@ breaks ONNX Attention), onnxruntime ``quantize_static`` (defaults) and NNCF
 (never used by any configuration). Latency at batch 1, sequence 128, 2 threads is measured in
 this process for all models side by side (rounds alternate the models, one session at a
 time); the OpenVINO fp32 and edgesdk int8 IRs likewise. edgesdk's model is timed in the form
-its onnx bundle ships (``edgesdk.targets.onnx_integer``) and its QDQ model in OpenVINO. CPU flags
-are recorded.
+its onnx bundle ships (``edgesdk.targets.onnx_integer``) and its QDQ model in OpenVINO; its rows
+also name the layers it kept out of static int8 and the weight rounding its judging chose
+(``gptq`` or ``nearest``). CPU flags are recorded.
 
 Usage: python bench/int8.py [--sets sst2,banking77,sms_spam,ag_news] [--e5 sms_spam] [--rounds N] [--resume]
     [--results NAME]
@@ -88,7 +89,8 @@ def quantize(config: str, folder: Path, set_name: str, fp32: Path, out: Path) ->
         shutil.copyfile(result.model, _qdq(out))  # what the OpenVINO bundle is built from
         onnx.save_model(onnxruntime_form(onnx.load(str(result.model))), str(out))  # what the onnx bundle ships
         figures.update(float_layers=len(result.float_layers), weight_blocks=len(result.blocks),
-                       met_budget=float(result.met_budget))
+                       met_budget=float(result.met_budget), float_layer_names=[f["layer"] for f in result.float_layers],
+                       weight_rounding=result.figures["weight_rounding"]["method"])
     elif config == "ort_quantize_dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
