@@ -2,7 +2,8 @@
 
 Passes return a new classifier and never change their input in place. A chain re-raises
 a failure as ``PassError`` naming the pass that failed and those that ran before it; a graph
-pass that was not asked for by name and cannot trace the model is recorded as not run instead.
+pass that was not asked for by name and cannot trace the model's own forward is recorded as
+not run instead.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def run_passes(
     ``options[name]`` are keyword arguments of that pass (all passes are created, and so
     checked, before the first runs); ``measure(classifier)`` adds figures (e.g. logit
     differences) to each record that changed. Unless the user ``named`` the passes (they are
-    the defaults), a pass that cannot trace the model (a ViT whose forward branches on tensor
-    values) does not stop the chain: its record says why it did not run.
+    the defaults), a pass that cannot trace the model (its own forward checks shapes in Python)
+    does not stop the chain: its record says why it did not run.
     """
     passes = [PASSES.get(name)(**(options or {}).get(name, {})) for name in names]
     records: list[dict[str, Any]] = []

@@ -39,26 +39,24 @@ __all__ = [
 class _Tracer(fx.Tracer):
     """fx's tracer, with BatchNorm subclasses that keep BatchNorm's forward as leaves (their
     forward checks input ranks in Python, which symbolic tracing cannot follow), and modules of
-    the ``opaque`` classes as leaves too. ``failed_in`` is the innermost module being traced when
-    tracing failed ("" for the root's own forward)."""
+    the ``opaque`` classes as leaves too. ``failed_in`` is the innermost submodule being traced when
+    tracing failed (None when the root's own forward failed)."""
 
     def __init__(self, opaque: frozenset[type]) -> None:
         super().__init__()
-        self.opaque, self.stack, self.failed_in = opaque, [], None
+        self.opaque, self.failed_in = opaque, None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         inherits_forward = isinstance(m, _BatchNorm) and type(m).forward is _BatchNorm.forward
         return inherits_forward or type(m) in self.opaque or super().is_leaf_module(m, qualname)
 
     def call_module(self, m: nn.Module, forward, args, kwargs):
-        self.stack.append(m)
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception:
-            self.failed_in = self.failed_in or m
+            if self.failed_in is None:  # the innermost module sees the failure first
+                self.failed_in = m
             raise
-        finally:
-            self.stack.pop()
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
