@@ -35,7 +35,8 @@ calibration judges (on the verification data when given):
   ``float_layers_dynamic_range``, ``int8_weight_search``). Image
   models: every op but the head writing the outputs, int8 pixels in (uint8 minus 128: the
   input's range is 0..255); outputs float (XNNPACK garbles an int8 output another op reads).
-  Text models: the layers with weights (fully connected) and the token embedding tables
+  Text models, and image models with attention (``tflite_int8._attends``): the layers with
+  weights (fully connected, convolutions) and the token embedding tables
   (column-scaled as the ONNX int8's, ``litert_smoothing``), every other op float (counted in
   ``float_ops``). Measured on MiniLM fine-tuned on SST-2
   (``bench/tflite_int8.py``, 2000 test texts, AVX-512 VNNI CPU, 128 tokens): every op int8
@@ -73,8 +74,8 @@ __all__ = ["TfliteTarget", "convert_signatures", "sequence_lengths"]
 
 RECIPES = {  # edgesdk's name: (ai-edge-quantizer's recipe, what it is)
     "full_integer": ("static_wi8_ai8", "full integer: int8 weights per channel, int8 activations with calibrated "
-                     "ranges (image models: every op but the output head, int8 pixels in; text models: the layers "
-                     "with weights)"),
+                     "ranges (CNNs: every op but the output head, int8 pixels in; text models and models with "
+                     "attention: the layers with weights)"),
     "dynamic_range": ("dynamic_wi8_afp32", "dynamic range: int8 weights per channel, activations quantized at run "
                       "time"),
     "weight_only": ("weight_only_wi8_afp32", "weight-only: int8 weights per channel, float compute"),
