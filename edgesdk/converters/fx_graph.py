@@ -66,8 +66,10 @@ def trace(model: nn.Module) -> fx.GraphModule:
     channel count in Python) is kept whole, with every module of its class, as one opaque call;
     ``gm.meta["opaque"]`` names those classes. Only a root that cannot be traced is an error.
     """
-    if isinstance(model, fx.GraphModule):
-        return fx.GraphModule(model, model.graph)
+    if isinstance(model, fx.GraphModule):  # an earlier pass's: its opaque calls are still opaque
+        gm = fx.GraphModule(model, model.graph)
+        gm.meta.update(model.meta)
+        return gm
     opaque: frozenset[type] = frozenset()
     while True:
         tracer = _Tracer(opaque)
