@@ -131,7 +131,8 @@ def test_an_image_transformer_converts_and_litert_int8_keeps_its_attention_float
     (they keep it whole and say so); its .tflite multiplies activations (attention), so full-integer
     LiteRT gives int8 to its weight layers only, as in text models, where the demo's CNN is int8
     throughout."""
-    from edgesdk.targets.tflite_int8 import _attends, _op_table
+    from edgesdk.targets.tflite_int8 import FullInteger, _attends, _op_table
+    from edgesdk.targets.tflite_runtime import TfliteTarget
 
     rng = np.random.default_rng(0)
     images = tmp_path / "images.npz"
@@ -145,6 +146,12 @@ def test_an_image_transformer_converts_and_litert_int8_keeps_its_attention_float
         ("fold_batchnorm", ["ViTModel"], False), ("fuse_branches", ["ViTModel"], False)]
     assert _attends(_op_table(result.out / "tflite-fp32" / "model.tflite", {}))
     assert not _attends(_op_table(demo_out / "image" / "tflite-fp32" / "model.tflite", {}))
+    for folder, data, weight_layers_only in ((result.out, images, True),
+                                             (demo_out / "image", demo_out / "data" / "digits-val.npz", False)):
+        bundle = load_bundle(folder / "tflite-fp32")
+        with TfliteTarget.runner(folder / "tflite-fp32" / "model.tflite", bundle.spec) as runner:
+            full = FullInteger(runner, bundle.encoder, list(np.load(data)["images"][:4]), "minmax", {}, set())
+        assert full.weight_layers_only is weight_layers_only, folder
 
 
 def test_a_first_convolution_with_the_input_normalization_folded_in_is_found_in_its_tflite():
