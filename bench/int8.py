@@ -13,8 +13,9 @@ breaks ONNX Attention), onnxruntime ``quantize_static`` (defaults) and NNCF
 this process for all models side by side (rounds alternate the models, one session at a
 time); the OpenVINO fp32 and edgesdk int8 IRs likewise. edgesdk's model is timed in the form
 its onnx bundle ships (``edgesdk.targets.onnx_integer``) and its QDQ model in OpenVINO; its rows
-also name the layers it kept out of static int8 and the weight rounding its judging chose
-(``gptq`` or ``nearest``). CPU flags are recorded.
+also name the layers it kept out of static int8, those it gave a second int8 weight
+(``residual_layers``) and the weight rounding its judging chose (``gptq`` or ``nearest``). CPU
+flags are recorded.
 
 Usage: python bench/int8.py [--sets sst2,banking77,sms_spam,ag_news] [--e5 sms_spam] [--rounds N] [--resume]
     [--results NAME]
@@ -89,7 +90,9 @@ def quantize(config: str, folder: Path, set_name: str, fp32: Path, out: Path) ->
         shutil.copyfile(result.model, _qdq(out))  # what the OpenVINO bundle is built from
         onnx.save_model(onnxruntime_form(onnx.load(str(result.model))), str(out))  # what the onnx bundle ships
         figures.update(float_layers=len(result.float_layers), weight_blocks=len(result.blocks),
-                       met_budget=float(result.met_budget), float_layer_names=[f["layer"] for f in result.float_layers],
+                       residual_layers=len(result.residual), met_budget=float(result.met_budget),
+                       float_layer_names=[f["layer"] for f in result.float_layers],
+                       residual_layer_names=[f["layer"] for f in result.figures["residual_weights"]["layers"]],
                        weight_rounding=result.figures["weight_rounding"]["method"])
     elif config == "ort_quantize_dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -195,12 +198,14 @@ def bench_set(set_name: str, base: str, methods: list[str], rounds: int, work: P
 
 def _print(name: str, result: dict) -> None:
     print(f"\n{name} ({result['test_samples']} test texts)")
-    print_table(["config", "bytes", "acc", "Δacc", "agree", "ms", "×fp32", "OV ×", "calib s", "peak MB", "float"],
+    print_table(["config", "bytes", "acc", "Δacc", "agree", "ms", "×fp32", "OV ×", "calib s", "peak MB", "float",
+                 "residual"],
                 [[config, f"{row['bytes_ratio']:.1%}", f"{row['accuracy']:.2%}", f"{row['accuracy_delta']:+.2%}",
                   f"{row['agreement']:.2%}", f"{row['latency_ms']:.2f}", f"{row['latency_ratio']:.2f}",
                   f"{row['openvino_latency_ratio']:.2f}" if "openvino_latency_ratio" in row else "",
                   f"{row.get('calibration_s', 0):.1f}", f"{row.get('peak_rss_mb', 0):.0f}",
-                  f"{row.get('float_layers', 0):.0f}"] for config, row in result["configs"].items()])
+                  f"{row.get('float_layers', 0):.0f}", f"{row.get('residual_layers', 0):.0f}"]
+                 for config, row in result["configs"].items()])
 
 
 def main() -> None:

@@ -121,6 +121,8 @@ def _int8_summary(notes: dict[str, Any]) -> dict[str, Any] | None:
             "quantizable_layers": calibration.get("quantizable_layers"),
             "float_layers": [{k: f[k] for k in ("layer", "kl_alone", "local_snr_db", "forced", "weights")}
                              for f in calibration.get("float_layers", [])],
+            "residual_layers": [{k: f[k] for k in ("layer", "kl_alone", "local_snr_db", "weights")}
+                                for f in calibration.get("residual_weights", {}).get("layers", [])],
             "judged_on": calibration.get("judged_on"), "judged_effect": calibration.get("judged_effect"),
             "judgement_caveat": judgement_caveat(calibration) if calibration else None,
             "smoothing": calibration.get("smoothing"), "weight_rounding": calibration.get("weight_rounding"),

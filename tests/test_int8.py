@@ -30,6 +30,7 @@ def _onnxruntime_ops(model, folder) -> list[str]:
 def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
     import onnx
 
+    from edgesdk.calibration.calibrate import RESIDUAL_WEIGHTS
     from edgesdk.targets.tflite_runtime import INT8_PER_CHANNEL
 
     for kind in ("text", "image"):
@@ -65,16 +66,23 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         blocked = [f for f in calibration["float_layers"] if f["weights"] != "float"]
         assert calibration["weight_blocks"]["layers"] == len(blocked)
         assert all(f["weights"] == "int8, blocks of 32" for f in blocked)
-        if kind == "text":  # some of its layers out of static int8 keep the budget with blocks
-            assert blocked
+        residual = calibration["residual_weights"]["layers"]
+        assert all(f["weights"] == RESIDUAL_WEIGHTS for f in residual)
+        assert not {f["layer"] for f in residual} & {f["layer"] for f in calibration["float_layers"]}
+        if kind == "text":  # some of its layers out of one-weight static int8 keep the budget with a second
+            assert blocked or residual  # int8 weight or with blocks
         model = onnx.load(str(folder / "model.onnx"))  # each blocked weight int8 in the file, made float at load
         int8_weights = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
         assert len(blocked) == sum(n.op_type == "Cast" and n.input[0] in int8_weights for n in model.graph.node)
+        assert len(residual) == sum(n.op_type == "MatMulIntegerToFloat" and n.name.endswith("_residual")
+                                    for n in model.graph.node)  # each residual weight in the integer kernel
         for other, weights in (("tensorrt-int8", {"float"}), ("tflite-int8", {"float", INT8_PER_CHANNEL})):
             # TensorRT keeps the layers out of int8 float whole; LiteRT, which has no int8 blocks, may give
-            # them int8 weights per channel (float compute)
+            # them int8 weights per channel (float compute); neither has a second int8 weight
             notes = json.loads((demo_out / kind / other / "manifest.json").read_text())["build"]["calibration"]
             assert {f["weights"] for f in notes["float_layers"]} <= weights
+            assert notes["residual_weights"]["layers"] == []
+            assert "not in this bundle" in notes["residual_weights"]["note"]
         floats = {f["layer"] for f in calibration["float_layers"]}
         assert all(not r["int8"] for r in divergence["layers"] if r["layer"] in floats)
         ranges = json.loads((folder / "ranges.json").read_text())
@@ -396,6 +404,48 @@ def test_onnxruntime_form_loads_weight_blocks_as_a_float_matmul_of_the_same_weig
     got = ort_session(shipped.SerializeToString()).run(None, {"x": x})[0]
     assert np.allclose(got, x @ weight, rtol=1e-5, atol=1e-5)
     assert _onnxruntime_ops(shipped, tmp_path) == ["MatMul"]
+
+
+def test_a_residual_int8_weight_brings_a_layer_near_float_and_runs_as_two_integer_matmuls(tmp_path):
+    """A layer too sensitive for one int8 weight can take a second, the rounding residual of the
+    first: with the same int8 input, its output is as close to float as the input's rounding allows
+    (the weights' error about 127 times smaller), and onnxruntime's form computes both in its integer
+    kernel; a weight two layers share gets one residual."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesdk.calibration.qdq import qdq_model, residual_able
+    from edgesdk.targets.onnx_integer import onnxruntime_form
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 16)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+         helper.make_node("MatMul", ["x", "w"], ["h2"], name="twin"),
+         helper.make_node("Add", ["h", "b"], ["hb"], name="bias"),
+         helper.make_node("Add", ["hb", "h2"], ["y"], name="sum")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(rng.normal(size=16).astype(np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    assert residual_able(model) == {"fc", "twin"}
+    x = rng.uniform(-4, 4, size=(32, 64)).astype(np.float32)
+    ranges = {"x": (-4.0, 4.0)}
+    step = np.float32(8 / 255)
+    x_int8 = (np.clip(np.round(x / step) + 128, 0, 255) - 128) * step  # uint8 over [-4, 4], zero point 128
+    one, _ = qdq_model(model, ranges, {"fc", "twin"})
+    two, _ = qdq_model(model, ranges, {"fc", "twin"}, residual={"fc", "twin"})
+    expected = 2 * x_int8 @ w + numpy_helper.to_array(model.graph.initializer[1])  # both layers read w
+    error = {name: np.abs(ort_session(m.SerializeToString()).run(None, {"x": x})[0] - expected).max()
+             for name, m in (("one", one), ("two", two))}
+    assert error["two"] < error["one"] / 50
+    stored = {i.name: numpy_helper.to_array(i) for i in two.graph.initializer}
+    assert stored["w_residual_quantized"].dtype == np.int8 and sum(n.endswith("_residual_quantized")
+                                                                   for n in stored) == 1
+    shipped = onnxruntime_form(two)
+    ops = _onnxruntime_ops(shipped, tmp_path)
+    assert ops.count("MatMulIntegerToFloat") == 4 and "MatMul" not in ops
+    got = ort_session(shipped.SerializeToString()).run(None, {"x": x})[0]
+    assert np.abs(got - expected).max() < error["one"] / 50
 
 
 def test_smoothing_is_an_exact_rewrite_folded_into_a_product_where_it_can_be():

@@ -18,20 +18,21 @@ weights are quantized.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = ["QuantNode", "quantizable_nodes", "qdq_model", "quantize_embeddings", "embedding_columns",
            "activation_qparams", "prune_unused", "readers", "int8_weight_blocks", "blockable", "QUANT_OPS",
-           "WEIGHT_BLOCK", "EMBEDDING_MIN_ROWS", "conv_outputs"]
+           "WEIGHT_BLOCK", "EMBEDDING_MIN_ROWS", "conv_outputs", "residual_able", "RESIDUAL_SUFFIX"]
 
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
 EMBEDDING_MIN_ROWS = 256  # smaller tables (token types) stay float: every token reads their few rows, few bytes
 WEIGHT_BLOCK = 32
 PAIR_LIMIT = 127.5  # the scaled same-sign sum of two adjacent int8 weights (``_quantize_weight``)
 BLOCKED_DQ_OPSET = 21  # DequantizeLinear's block_size
+RESIDUAL_SUFFIX = "_residual"  # names what a layer's second int8 weight adds (``_QdqRewrite.residual``)
 
 
 @dataclass(frozen=True)
@@ -199,8 +200,10 @@ class _QdqRewrite:
         self.initializers = {i.name: i for i in model.graph.initializer}
         self.arrays: dict[str, np.ndarray] = {}  # converted when read: a large table never is
         self.added: dict[str, str] = {}
-        self.nodes: list = []
+        self.nodes: list = []  # to go before the node being quantized
+        self.after: list = []  # to go after it
         self.scales: dict[str, np.ndarray] = {}
+        self.levels: dict[str, np.ndarray] = {}  # each int8 weight's integers
 
     def _array(self, name: str) -> np.ndarray:
         from onnx import numpy_helper
@@ -244,7 +247,7 @@ class _QdqRewrite:
             w = self._array(name)
             axis = _weight_axis(node, w.ndim)
             q, scale = self.rounded[name] if name in self.rounded else _quantize_weight(w, axis, _kernel_rows(node, w))
-            self.scales[name] = scale
+            self.scales[name], self.levels[name] = scale, q
             self.added[name] = self._dequantize(
                 name, self._constant(f"{name}_quantized", q), self._constant(f"{name}_scale", scale),
                 self._constant(f"{name}_zero_point", np.zeros(scale.shape, np.int8)), axis)
@@ -260,13 +263,43 @@ class _QdqRewrite:
         return self._dequantize(name, self._constant(f"{name}_quantized", q), self._constant(f"{name}_scale", scale),
                                 self._constant(f"{name}_zero_point", np.zeros(scale.shape, np.int32)), 0)
 
-    def quantize(self, node) -> None:
-        """Point ``node``'s activation, weight and bias inputs at their dequantized forms."""
+    def quantize(self, node, residual: bool = False) -> None:
+        """Point ``node``'s activation, weight and bias inputs at their dequantized forms; with
+        ``residual``, give it a second int8 weight (``residual``)."""
         x, w = node.input[0], node.input[1]
         node.input[0] = self.activation(x)
         node.input[1] = self.weight(node, w)
         if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] in self.initializers:
             node.input[2] = self.bias(node.input[2], x, w)
+        if residual:
+            self.residual(node, w)
+
+    def residual(self, node, name: str) -> None:
+        """Add to the quantized MatMul ``node`` a second MatMul of the same int8 input and the
+        rounding residual of its int8 weight ``name`` (``w - q * scale``) as int8 per output channel,
+        and the Add of the two: the weight is then good to about 16 bits, computed by two integer
+        MatMuls."""
+        from onnx import helper
+
+        rest_name = f"{name}{RESIDUAL_SUFFIX}"
+        if rest_name not in self.added:
+            w = self._array(name)
+            axis = _weight_axis(node, w.ndim)
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            rest = (w - self.levels[name].astype(np.float32) * self.scales[name].reshape(shape)).astype(np.float32)
+            q, scale = _quantize_weight(rest, axis, _kernel_rows(node, rest))
+            self.added[rest_name] = self._dequantize(
+                rest_name, self._constant(f"{rest_name}_quantized", q), self._constant(f"{rest_name}_scale", scale),
+                self._constant(f"{rest_name}_zero_point", np.zeros(scale.shape, np.int8)), axis)
+            self.after.append(self.nodes.pop())  # that DequantizeLinear, which goes after the node
+        weight = self.added[rest_name]
+        output, first = node.output[0], f"{node.output[0]}_first"
+        node.output[0] = first
+        self.after += [helper.make_node("MatMul", [node.input[0], weight], [f"{output}{RESIDUAL_SUFFIX}"],
+                                        name=f"{node.name}{RESIDUAL_SUFFIX}"),
+                       helper.make_node("Add", [first, f"{output}{RESIDUAL_SUFFIX}"], [output],
+                                        name=f"{node.name}{RESIDUAL_SUFFIX}_Add")]
 
 
 def conv_outputs(model, nodes: set[str] | list[str]) -> dict[str, str]:
@@ -295,7 +328,7 @@ def conv_outputs(model, nodes: set[str] | list[str]) -> dict[str, str]:
 
 
 def qdq_model(fp32, ranges: dict[str, tuple[float, float]], nodes: set[str] | list[str], symmetric: bool = False,
-              weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None):
+              weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None, residual: Set[str] = frozenset()):
     """The QDQ model (onnx.ModelProto) of the float ``fp32`` (a ModelProto) with ``nodes``
     quantized, and int8 embedding tables; returns it and the names of those tables. ``weights``:
     int8 weights and their scales already rounded, by initializer name (``rounding.py``).
@@ -305,7 +338,9 @@ def qdq_model(fp32, ranges: dict[str, tuple[float, float]], nodes: set[str] | li
     is the exception, where ``ranges`` has it: every reader reads it quantized, so that
     onnxruntime runs the Conv in int8. Activations are uint8 over [lo, hi], or with
     ``symmetric`` int8 over [-m, m] with zero point 0 (m = max(|lo|, |hi|)), the only form
-    TensorRT accepts; weights are int8 per output channel; Conv and Gemm biases int32.
+    TensorRT accepts; weights are int8 per output channel; Conv and Gemm biases int32. The
+    ``residual`` nodes (MatMuls of ``nodes``, ``residual_able``) take a second int8 weight, the
+    rounding residual of the first (``_QdqRewrite.residual``).
     """
     import onnx
 
@@ -317,16 +352,25 @@ def qdq_model(fp32, ranges: dict[str, tuple[float, float]], nodes: set[str] | li
     ordered = []
     for node in model.graph.node:
         if node.name in wanted:
-            rewrite.quantize(node)
+            rewrite.quantize(node, node.name in residual)
         for i, name in enumerate(node.input):
             if name in quantized_outputs:
                 node.input[i] = rewrite.activation(name)
-        ordered += rewrite.nodes + [node]
-        rewrite.nodes = []
+        ordered += rewrite.nodes + [node] + rewrite.after
+        rewrite.nodes, rewrite.after = [], []
     del model.graph.node[:]
     model.graph.node.extend(ordered)
     prune_unused(model)
     return model, quantize_embeddings(model)
+
+
+def residual_able(model) -> set[str]:
+    """The MatMul nodes of ``model`` with a constant 2-D weight, which ``qdq_model`` can give a
+    second int8 weight."""
+    weights = {i.name: i for i in model.graph.initializer}
+    return {n.name for n in model.graph.node
+            if n.op_type == "MatMul" and n.input[1] in weights and n.input[0] not in weights
+            and len(weights[n.input[1]].dims) == 2}
 
 
 def blockable(model) -> set[str]:
@@ -336,9 +380,8 @@ def blockable(model) -> set[str]:
     if opset < BLOCKED_DQ_OPSET:
         return set()
     weights = {i.name: i for i in model.graph.initializer}
-    return {n.name for n in model.graph.node
-            if n.op_type == "MatMul" and n.input[1] in weights and n.input[0] not in weights
-            and len(weights[n.input[1]].dims) == 2 and weights[n.input[1]].dims[0] % WEIGHT_BLOCK == 0}
+    able = residual_able(model)
+    return {n.name for n in model.graph.node if n.name in able and weights[n.input[1]].dims[0] % WEIGHT_BLOCK == 0}
 
 
 def int8_weight_blocks(model, nodes: set[str]) -> None:

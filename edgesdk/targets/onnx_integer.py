@@ -9,7 +9,9 @@ Writing ``com.microsoft.MatMulIntegerToFloat`` with the bias directly computes t
 the order of the float additions differs) with one node: measured on MiniLM at sequence 128,
 2 threads, the all-int8 model ran in 0.60-0.64x fp32's time against 0.63-0.68x as QDQ. The
 QDQ model stays what the other runtimes' int8 bundles are built from; this form is
-onnxruntime's own (onnxruntime-web's WebAssembly build registers the kernel too).
+onnxruntime's own (onnxruntime-web's WebAssembly build registers the kernel too). A layer
+with a second int8 weight (its first one's rounding residual) is two such MatMuls of the
+same input and their Add.
 
 A layer calibration gave int8 weight blocks (``qdq.int8_weight_blocks``) is written as
 ``Cast -> Reshape -> Mul -> Reshape`` of its int8 weight and block scales: the same float

@@ -6,8 +6,9 @@ hangs without network and is unsafe beside the threads of JAX) and keeps dynamic
 Inference runs with ``INFERENCE_PRECISION_HINT=f32`` so the CPU plugin does not drop to
 bf16 or f16 on CPUs that have them. int8 converts edgesdk's QDQ model (the same
 calibration as every other target): OpenVINO turns each Q/DQ pair into a FakeQuantize and
-runs the quantized MatMuls and convolutions in int8; layers the calibration kept out of
-static int8 stay float, or with int8 weight blocks run as compressed weights.
+runs the quantized MatMuls and convolutions in int8 (a layer with a second int8 weight as
+two int8 MatMuls); layers the calibration kept out of static int8 stay float, or with int8
+weight blocks run as compressed weights.
 """
 
 from __future__ import annotations
