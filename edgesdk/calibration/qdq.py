@@ -292,7 +292,6 @@ class _QdqRewrite:
             self.added[rest_name] = self._dequantize(
                 rest_name, self._constant(f"{rest_name}_quantized", q), self._constant(f"{rest_name}_scale", scale),
                 self._constant(f"{rest_name}_zero_point", np.zeros(scale.shape, np.int8)), axis)
-            self.after.append(self.nodes.pop())  # that DequantizeLinear, which goes after the node
         weight = self.added[rest_name]
         output, first = node.output[0], f"{node.output[0]}_first"
         node.output[0] = first
