@@ -868,3 +868,38 @@ def test_calibrated_convs_run_as_integer_convs_in_onnxruntime(tmp_path):
     # weight itself (and then conv1 runs in float too: a float reader keeps its output float)
     ops = _onnxruntime_ops(qdq_model(result.float_model, known, set(result.quantized_nodes) - {"conv2"})[0], tmp_path)
     assert "QLinearConv" not in ops and ops.count("Conv") + ops.count("FusedConv") == 2
+
+
+def test_a_layer_whose_weights_need_more_than_int8_stays_int8_with_a_residual_weight(tmp_path):
+    """Classes whose weight columns differ by less than one int8 weight step: one int8 weight changes
+    many answers, so the float search keeps the layer float; its input (0 or 1) is exact in uint8,
+    so with a second int8 weight it keeps every answer, and calibration gives it one instead of float.
+    TensorRT's symmetric model and the summary for a one-weight target have no residual weight."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesdk.calibration.calibrate import Judge, calibrate
+    from edgesdk.targets.onnx_integer import onnxruntime_form
+
+    rng = np.random.default_rng(0)
+    w = (rng.normal(size=(64, 1)) + 0.1 * rng.normal(size=(64, 4))).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"], name="fc")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 4])],
+                              [numpy_helper.from_array(w, "w")])
+    fp32 = tmp_path / "m.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(fp32))
+    rows = list((rng.random(size=(1000, 64)) < 0.5).astype(np.float32))
+    unlabeled = np.full(len(rows), -1)
+    result = calibrate(fp32, rows, unlabeled, _ArrayRows(), tmp_path / "work", "minmax",
+                       judge=Judge(rows, unlabeled, "test"))
+    one_weight = result.figures["search"][0]  # the search's first trial: every layer int8, one weight each
+    assert one_weight["float_layers"] == 0 and one_weight["samples"] - one_weight["agreeing"] >= 10
+    assert result.met_budget and result.float_layers == [] and result.residual == {"fc"}
+    assert [f["layer"] for f in result.figures["residual_weights"]["layers"]] == ["fc"]
+    assert result.figures["judged_effect"]["agreeing"] == len(rows)
+    ops = [n.op_type for n in onnxruntime_form(onnx.load(str(result.model))).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 2 and "MatMul" not in ops
+    tensorrt = result.write_model(tmp_path / "trt.onnx", symmetric=True)
+    assert not any(n.name.endswith("_residual") for n in onnx.load(str(tensorrt)).graph.node)
+    assert result.summary(weights={})["residual_weights"]["layers"] == []
