@@ -903,3 +903,31 @@ def test_a_layer_whose_weights_need_more_than_int8_stays_int8_with_a_residual_we
     tensorrt = result.write_model(tmp_path / "trt.onnx", symmetric=True)
     assert not any(n.name.endswith("_residual") for n in onnx.load(str(tensorrt)).graph.node)
     assert result.summary(weights={})["residual_weights"]["layers"] == []
+
+
+def test_the_searches_after_the_float_search_keep_the_users_float_layers_float_in_their_trials(tmp_path):
+    """A layer the user forces float stays float in every trial of the residual-weight and block
+    searches, as in the model that ships: judged int8 there, this near-tie layer's one int8 weight
+    would change answers that the shipped model keeps, and take the residual weight from its twin."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesdk.calibration.calibrate import Judge, LayerChoice, calibrate
+
+    rng = np.random.default_rng(0)
+    w = {name: (rng.normal(size=(64, 1)) + 0.1 * rng.normal(size=(64, 4))).astype(np.float32) for name in "ab"}
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "a"], ["ya"], name="fc"),
+                               helper.make_node("MatMul", ["x", "b"], ["yb"], name="forced"),
+                               helper.make_node("Add", ["ya", "yb"], ["logits"], name="sum")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 4])],
+                              [numpy_helper.from_array(v, k) for k, v in w.items()])
+    fp32 = tmp_path / "m.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(fp32))
+    rows = list((rng.random(size=(1000, 64)) < 0.5).astype(np.float32))
+    unlabeled = np.full(len(rows), -1)
+    result = calibrate(fp32, rows, unlabeled, _ArrayRows(), tmp_path / "work", "minmax",
+                       judge=Judge(rows, unlabeled, "test"), choice=LayerChoice(float_layers=("forced",)))
+    assert [f["layer"] for f in result.float_layers] == ["forced"] and result.float_layers[0]["forced"]
+    assert result.residual == {"fc"} and result.met_budget
+    assert result.figures["judged_effect"]["agreeing"] == len(rows)

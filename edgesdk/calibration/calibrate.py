@@ -280,10 +280,10 @@ def _int8_model(smoothed: Any, original: Any, ranges: dict[str, tuple[float, flo
                 weights: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
                 residual: set[str] = frozenset()) -> Any:
     """The QDQ model a bundle ships: ``int8_nodes`` quantized in the smoothed float model (with
-    ``weights`` rounded already; the ``residual`` ones with a second int8 weight), the smoothing
+    ``weights`` rounded already; the ``residual`` ones of them with a second int8 weight), the smoothing
     that only the other layers read taken out again, and ``blocks`` of the other layers given int8
     weight blocks (``int8_weight_blocks``)."""
-    model, _ = qdq_model(smoothed, ranges, int8_nodes | set(residual), symmetric, weights, residual)
+    model, _ = qdq_model(smoothed, ranges, int8_nodes, symmetric, weights, residual)
     drop_idle_smoothing(model, original)
     int8_weight_blocks(model, blocks)
     return model
@@ -563,9 +563,10 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
     residual, residual_effect, residual_steps = set(), None, []
     blocks, blocks_effect, block_steps = set(), None, []
     if meets(chosen, budget, **JUDGEMENTS[judged]):
-        residual, residual_effect, residual_steps = search.residual_weights(float_nodes - forced_float, ranked, judged)
+        # the user's float layers are not in ``ranked``, so these searches leave them float
+        residual, residual_effect, residual_steps = search.residual_weights(float_nodes, ranked, judged)
         float_nodes -= residual
-        blocks, blocks_effect, block_steps = search.weight_blocks(float_nodes - forced_float, ranked, judged, residual)
+        blocks, blocks_effect, block_steps = search.weight_blocks(float_nodes, ranked, judged, residual)
     chosen = blocks_effect or residual_effect or chosen
     final = _int8_model(model, original, ranges, all_nodes - float_nodes, blocks=blocks, weights=weights,
                         residual=residual)
