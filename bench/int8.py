@@ -14,8 +14,8 @@ this process for all models side by side (rounds alternate the models, one sessi
 time); the OpenVINO fp32 and edgesdk int8 IRs likewise. edgesdk's model is timed in the form
 its onnx bundle ships (``edgesdk.targets.onnx_integer``) and its QDQ model in OpenVINO; its rows
 also name the layers it kept out of static int8, those it gave a second int8 weight
-(``residual_layers``) and the weight rounding its judging chose (``gptq`` or ``nearest``). CPU
-flags are recorded.
+(``residual_layers``), those of its whole float ones it stored as float16 (``float16_layers``)
+and the weight rounding its judging chose (``gptq`` or ``nearest``). CPU flags are recorded.
 
 Usage: python bench/int8.py [--sets sst2,banking77,sms_spam,ag_news] [--e5 sms_spam] [--rounds N] [--resume]
     [--results NAME]
@@ -90,7 +90,8 @@ def quantize(config: str, folder: Path, set_name: str, fp32: Path, out: Path) ->
         shutil.copyfile(result.model, _qdq(out))  # what the OpenVINO bundle is built from
         onnx.save_model(onnxruntime_form(onnx.load(str(result.model))), str(out))  # what the onnx bundle ships
         figures.update(float_layers=len(result.float_layers), weight_blocks=len(result.blocks),
-                       residual_layers=len(result.residual), met_budget=float(result.met_budget),
+                       residual_layers=len(result.residual), float16_layers=len(result.halves),
+                       met_budget=float(result.met_budget),
                        float_layer_names=[f["layer"] for f in result.float_layers],
                        residual_layer_names=[f["layer"] for f in result.figures["residual_weights"]["layers"]],
                        weight_rounding=result.figures["weight_rounding"]["method"])

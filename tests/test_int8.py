@@ -30,7 +30,7 @@ def _onnxruntime_ops(model, folder) -> list[str]:
 def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
     import onnx
 
-    from edgesdk.calibration.calibrate import RESIDUAL_WEIGHTS
+    from edgesdk.calibration.calibrate import FLOAT16_WEIGHTS, RESIDUAL_WEIGHTS
     from edgesdk.targets.tflite_runtime import INT8_PER_CHANNEL
 
     for kind in ("text", "image"):
@@ -63,9 +63,11 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         divergence = calibration["divergence"]  # every layer output compared with the float model
         assert len(divergence["layers"]) >= calibration["quantizable_layers"]  # and attention MatMuls
         assert all(r["cosine"] > 0.9 and r["snr_db"] > 0 for r in divergence["layers"])
-        blocked = [f for f in calibration["float_layers"] if f["weights"] != "float"]
+        blocked = [f for f in calibration["float_layers"] if f["weights"] == "int8, blocks of 32"]
         assert calibration["weight_blocks"]["layers"] == len(blocked)
-        assert all(f["weights"] == "int8, blocks of 32" for f in blocked)
+        halves = [f for f in calibration["float_layers"] if f["weights"] == FLOAT16_WEIGHTS]
+        assert calibration["float16_weights"]["layers"] == len(halves)
+        assert all(f["weights"] in ("float", FLOAT16_WEIGHTS) for f in calibration["float_layers"] if f not in blocked)
         residual = calibration["residual_weights"]["layers"]
         assert all(f["weights"] == RESIDUAL_WEIGHTS for f in residual)
         assert not {f["layer"] for f in residual} & {f["layer"] for f in calibration["float_layers"]}
@@ -74,6 +76,8 @@ def test_demo_int8_bundles_pass_with_their_ranges(demo_out):
         model = onnx.load(str(folder / "model.onnx"))  # each blocked weight int8 in the file, made float at load
         int8_weights = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
         assert len(blocked) == sum(n.op_type == "Cast" and n.input[0] in int8_weights for n in model.graph.node)
+        float16 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+        assert len(halves) == sum(n.op_type == "Cast" and n.input[0] in float16 for n in model.graph.node)
         assert len(residual) == sum(n.op_type == "MatMulIntegerToFloat" and n.name.endswith("_residual")
                                     for n in model.graph.node)  # each residual weight in the integer kernel
         for other, weights in (("tensorrt-int8", {"float"}), ("tflite-int8", {"float", INT8_PER_CHANNEL})):
@@ -404,6 +408,36 @@ def test_onnxruntime_form_loads_weight_blocks_as_a_float_matmul_of_the_same_weig
     got = ort_session(shipped.SerializeToString()).run(None, {"x": x})[0]
     assert np.allclose(got, x @ weight, rtol=1e-5, atol=1e-5)
     assert _onnxruntime_ops(shipped, tmp_path) == ["MatMul"]
+
+
+def test_float_layers_store_float16_weights_that_onnxruntime_folds_to_a_float_matmul_at_load(tmp_path):
+    """A layer left float keeps its weight as float16 in the file, cast to float32 once at load: a
+    plain float MatMul of the float16-rounded weight. A weight also read as something else than a
+    layer's weight, or one float16 cannot hold, stays float32."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesdk.calibration.qdq import float16_layers, float16_weights
+
+    rng = np.random.default_rng(0)
+    w, big, shared = (rng.normal(size=(8, 8)).astype(np.float32) for _ in range(3))
+    big[0, 0] = 1e5  # over float16's largest
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+         helper.make_node("MatMul", ["h", "big"], ["g"], name="wide"),
+         helper.make_node("MatMul", ["g", "shared"], ["s"], name="tied"),
+         helper.make_node("Add", ["s", "shared"], ["y"], name="add")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 8])],
+        [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (big, "big"), (shared, "shared"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    assert float16_weights(model, {"fc", "wide", "tied"}) == ["w"] and float16_layers(model) == {"fc"}
+    stored = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert stored["w_float16"].dtype == np.float16 and stored["big"].dtype == stored["shared"].dtype == np.float32
+    x = rng.normal(size=(8, 8)).astype(np.float32)
+    got = ort_session(model.SerializeToString()).run(None, {"x": x})[0]
+    h = x @ w.astype(np.float16).astype(np.float32)
+    assert np.allclose(got, (h @ big) @ shared + shared, rtol=1e-4, atol=1e-2)
+    assert "Cast" not in _onnxruntime_ops(model, tmp_path)  # folded at load
 
 
 def test_a_residual_int8_weight_brings_a_layer_near_float_and_runs_as_two_integer_matmuls(tmp_path):
@@ -903,6 +937,50 @@ def test_a_layer_whose_weights_need_more_than_int8_stays_int8_with_a_residual_we
     tensorrt = result.write_model(tmp_path / "trt.onnx", symmetric=True)
     assert not any(n.name.endswith("_residual") for n in onnx.load(str(tensorrt)).graph.node)
     assert result.summary(weights={})["residual_weights"]["layers"] == []
+
+
+@pytest.mark.parametrize("spread, stored", [(0.2, "float16"), (0.005, "float")])
+def test_a_layer_out_of_int8_stores_float16_weights_where_the_judging_keeps_its_answers(tmp_path, spread, stored):
+    """A layer whose continuous inputs int8 can't hold (one input channel up to 200 sets the range)
+    and whose classes' weight columns differ by ``spread``, less than an int8 weight step: neither a
+    second int8 weight (int8 input) nor int8 weight blocks keep its answers, so it stays float. Its
+    float16 weights (11 bits) keep them where the columns differ by more than float16's step, and
+    change them where they differ by less: the search then keeps float32 weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesdk.calibration.calibrate import FLOAT16_WEIGHTS, Judge, calibrate
+
+    rng = np.random.default_rng(1)
+    w = (rng.normal(size=(64, 1)) + spread * rng.normal(size=(64, 4))).astype(np.float32)
+    w[0] = 0.01  # the wide channel adds the same to every class
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"], name="fc")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 4])],
+                              [numpy_helper.from_array(w, "w")])
+    fp32 = tmp_path / "m.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(fp32))
+    x = rng.random(size=(1000, 64)).astype(np.float32)
+    x[:, 0] *= 200
+    unlabeled = np.full(len(x), -1)
+    result = calibrate(fp32, list(x), unlabeled, _ArrayRows(), tmp_path / "work", "minmax",
+                       judge=Judge(list(x), unlabeled, "test"), smooth_alpha=0.0)
+    figures = result.figures
+    for tier in (figures["residual_weights"], figures["weight_blocks"]):  # each tried with the layer, failed
+        assert tier["search"][0]["float_layers"] == 0 and tier["search"][0]["agreeing"] <= 950
+    half = figures["float16_weights"]["search"][0]
+    assert result.met_budget and [f["layer"] for f in result.float_layers] == ["fc"]
+    model = onnx.load(str(result.model))
+    halves = [i for i in model.graph.initializer if i.data_type == TensorProto.FLOAT16]
+    if stored == "float16":
+        assert half["agreeing"] == 1000 and result.halves == {"fc"} and len(halves) == 1
+        assert result.float_layers[0]["weights"] == FLOAT16_WEIGHTS
+        assert figures["judged_effect"]["kl"] == half["kl"]  # what was judged is what ships
+    else:
+        assert half["agreeing"] <= 990 and result.halves == frozenset() and not halves
+        assert result.float_layers[0]["weights"] == "float" and figures["judged_effect"]["agreeing"] == 1000
+    tensorrt = result.write_model(tmp_path / "trt.onnx", symmetric=True)  # TensorRT's float layers stay float32
+    assert not any(i.data_type == TensorProto.FLOAT16 for i in onnx.load(str(tensorrt)).graph.initializer)
 
 
 def test_the_searches_after_the_float_search_keep_the_users_float_layers_float_in_their_trials(tmp_path):

@@ -70,7 +70,7 @@ def test_tflite_int8_is_full_integer_with_edgesdk_float_layers_and_more_where_li
         assert tflite["float_layers_not_found"] == []  # LayerNorm-scaled weights found too
         assert any(step["added"] == len(added) for step in tflite["float_layer_search"])
         int8_weights = set(tflite["float_layers_int8_weights"])
-        blocks = {f["layer"] for f in onnx_int8["calibration"]["float_layers"] if f["weights"] != "float"}
+        blocks = {f["layer"] for f in onnx_int8["calibration"]["float_layers"] if f["weights"] == "int8, blocks of 32"}
         dynamic = set(tflite["float_layers_dynamic_range"])
         # weight-only: the ONNX int8's weight blocks, LiteRT's additions; dynamic range: LiteRT's additions
         assert int8_weights <= blocks | set(added) and dynamic <= set(added) and not dynamic & int8_weights

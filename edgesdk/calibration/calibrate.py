@@ -24,7 +24,9 @@
    Of the layers still out, the same search keeps whole float only the fewest most sensitive;
    the others take int8 weight blocks (``qdq.int8_weight_blocks``: int8 weights with a scale per
    block of 32, judged as onnxruntime's ``MatMulNBits`` runs them, with activations quantized
-   per block at run time). On MiniLM SST-2 the three of six layers that took a residual weight
+   per block at run time). Of the layers still whole float, likewise, only the fewest most
+   sensitive keep float32 weights: the others store them as float16 (``qdq.float16_weights``,
+   computed in float32). On MiniLM SST-2 the three of six layers that took a residual weight
    ran the model at 0.54x fp32's time in onnxruntime against 0.57x with all six computing in
    float, at 27.8% of its bytes against 26.5%.
 
@@ -59,6 +61,8 @@ from .qdq import (
     activation_qparams,
     blockable,
     conv_outputs,
+    float16_layers,
+    float16_weights,
     int8_weight_blocks,
     qdq_model,
     quantizable_nodes,
@@ -74,13 +78,14 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Budget", "Calibration", "Judge", "LayerChoice", "calibrate", "held_aside", "search_float_layers",
            "search_int8_weights", "judged_rounding", "judgement_caveat", "MIN_SAMPLES", "MAX_JUDGE_SAMPLES",
-           "RANK_SAMPLES", "JUDGEMENTS", "RESIDUAL_WEIGHTS"]
+           "RANK_SAMPLES", "JUDGEMENTS", "RESIDUAL_WEIGHTS", "FLOAT16_WEIGHTS"]
 
 MIN_SAMPLES = 20
 MAX_JUDGE_SAMPLES = 2000
 RANK_SAMPLES = 64
 RANK_WORK = 4096  # MiniLM's 38 layers rank on 64 samples, a 200-conv CNN on 20
 RESIDUAL_WEIGHTS = "int8 and a second int8 weight, its rounding residual; int8 input"
+FLOAT16_WEIGHTS = "float16, computed in float32"  # a float layer's weights in the QDQ model (``float16_weights``)
 # how a configuration is judged, strictest first: the first the judging samples can show is used
 JUDGEMENTS = {"bound": {"bound": True, "margin": 1}, "bound without margin": {"bound": True, "margin": 0},
               "point": {"bound": False, "margin": 1}}
@@ -153,12 +158,12 @@ class _Search:
     weights: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # rounded int8 weights
 
     def trial(self, float_nodes: set[str], symmetric: bool = False, blocks: set[str] = frozenset(),
-              residual: set[str] = frozenset()) -> dict[str, Any]:
-        """The effect of ``float_nodes`` out of int8 (``blocks`` of them with int8 weight blocks) and
-        of ``residual`` int8 layers with a second int8 weight."""
-        if blocks or residual:
+              residual: set[str] = frozenset(), halves: set[str] = frozenset()) -> dict[str, Any]:
+        """The effect of ``float_nodes`` out of int8 (``blocks`` of them with int8 weight blocks,
+        ``halves`` with float16 weights) and of ``residual`` int8 layers with a second int8 weight."""
+        if blocks or residual or halves:
             candidate = _int8_model(self.model, self.original, self.ranges, self.nodes - float_nodes, blocks=blocks,
-                                    weights=self.weights, residual=residual)
+                                    weights=self.weights, residual=residual, halves=halves)
         else:
             candidate, _ = qdq_model(self.model, self.ranges, self.nodes - float_nodes, symmetric, self.weights)
         return effect(self.reference, onnx_logits(candidate, self.judge.rows, self.encoder), self.judge.labels)
@@ -208,6 +213,18 @@ class _Search:
             candidates, lambda blocks: self.trial(float_nodes, blocks=blocks, residual=residual), self.budget,
             self.progress, judged)
 
+    def float16_weights(self, float_nodes: set[str], ranked: list[dict[str, Any]], judged: str,
+                        residual: set[str], blocks: set[str]) -> tuple[set[str], dict[str, Any] | None,
+                                                                      list[dict[str, Any]]]:
+        """Of the searched ``float_nodes`` left whole float (not ``blocks``), those that keep the
+        budget with float16 weights (``float16_weights``), the ``residual`` and ``blocks`` layers as
+        chosen: all but the fewest most sensitive of ``ranked``, by the same search and ``judged``
+        judgement. Returns them, their effect (None when none) and the steps."""
+        candidates = [s for s in ranked if s["node"] in float_nodes - blocks]
+        return search_int8_weights(
+            candidates, lambda halves: self.trial(float_nodes, blocks=blocks, residual=residual, halves=halves),
+            self.budget, self.progress, judged)
+
 
 @dataclass
 class Calibration:
@@ -225,6 +242,7 @@ class Calibration:
     search: _Search | None = field(default=None, repr=False)
     forced_int8: frozenset[str] = frozenset()
     blocks: frozenset[str] = frozenset()
+    halves: frozenset[str] = frozenset()  # float layers with float16 weights
     residual: frozenset[str] = frozenset()  # int8 layers with a second int8 weight
     smoothing: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # layer: its input's divisor
     weights: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)  # rounded int8
@@ -255,14 +273,15 @@ class Calibration:
         float_nodes = (self.symmetric()["float_nodes"] if symmetric else {f["node"] for f in self.float_layers})
         ranges = {name: (r["lo"], r["hi"]) for name, r in self.ranges["activations"].items()}
         int8_nodes = set(self.quantized_nodes) - float_nodes
-        blocks, residual = (set(), set()) if symmetric else (set(self.blocks), set(self.residual))
+        blocks, residual, halves = ((set(), set(), set()) if symmetric
+                                    else (set(self.blocks), set(self.residual), set(self.halves)))
         onnx.save_model(_int8_model(self.float_model, self.original_model, ranges, int8_nodes, symmetric, blocks,
-                                    self.weights, residual), str(out))
+                                    self.weights, residual, halves), str(out))
         return out
 
     def summary(self, weights: dict[str, str] | None = None) -> dict[str, Any]:
         """What the manifest and report say about this calibration. ``weights``: for a target that
-        stores the float layers' weights otherwise than calibration's int8 weight blocks, how it
+        stores the float layers' weights otherwise than calibration (int8 weight blocks, float16), how it
         stores them, by layer (a layer not in it: float), and whose int8 layers have one weight
         each; None: as calibrated."""
         if weights is None:
@@ -278,14 +297,15 @@ class Calibration:
 def _int8_model(smoothed: Any, original: Any, ranges: dict[str, tuple[float, float]], int8_nodes: set[str],
                 symmetric: bool = False, blocks: set[str] = frozenset(),
                 weights: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                residual: set[str] = frozenset()) -> Any:
+                residual: set[str] = frozenset(), halves: set[str] = frozenset()) -> Any:
     """The QDQ model a bundle ships: ``int8_nodes`` quantized in the smoothed float model (with
     ``weights`` rounded already; the ``residual`` ones of them with a second int8 weight), the smoothing
-    that only the other layers read taken out again, and ``blocks`` of the other layers given int8
-    weight blocks (``int8_weight_blocks``)."""
+    that only the other layers read taken out again, ``blocks`` of the other layers given int8
+    weight blocks (``int8_weight_blocks``) and ``halves`` float16 weights (``float16_weights``)."""
     model, _ = qdq_model(smoothed, ranges, int8_nodes, symmetric, weights, residual)
     drop_idle_smoothing(model, original)
     int8_weight_blocks(model, blocks)
+    float16_weights(model, halves)
     return model
 
 
@@ -567,9 +587,12 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
         residual, residual_effect, residual_steps = search.residual_weights(float_nodes, ranked, judged)
         float_nodes -= residual
         blocks, blocks_effect, block_steps = search.weight_blocks(float_nodes, ranked, judged, residual)
-    chosen = blocks_effect or residual_effect or chosen
+    halves, halves_effect, half_steps = set(), None, []
+    if meets(chosen, budget, **JUDGEMENTS[judged]):
+        halves, halves_effect, half_steps = search.float16_weights(float_nodes, ranked, judged, residual, blocks)
+    chosen = halves_effect or blocks_effect or residual_effect or chosen
     final = _int8_model(model, original, ranges, all_nodes - float_nodes, blocks=blocks, weights=weights,
-                        residual=residual)
+                        residual=residual, halves=halves)
     log.debug("calibration: ranges in %.1f s, %d of %d layers kept float", observed - start, len(float_nodes),
               len(all_nodes))
     out = workdir / "model.int8.onnx"
@@ -578,8 +601,10 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
         progress("layer-by-layer divergence of the int8 model")
     divergence = layer_divergence(model, final, judge.rows[:16], encoder, {n.node for n in nodes} - float_nodes)
     quantized = [n for n in nodes if n.node not in float_nodes]
+    stored_halves = float16_layers(final)  # less any weight float16 can't hold
     float_layers = [{**s, "forced": s["node"] in forced_float,
-                     "weights": f"int8, blocks of {WEIGHT_BLOCK}" if s["node"] in blocks else "float"}
+                     "weights": f"int8, blocks of {WEIGHT_BLOCK}" if s["node"] in blocks
+                     else FLOAT16_WEIGHTS if s["node"] in stored_halves else "float"}
                     for s in sensitivity if s["node"] in float_nodes]
     residual_layers = [{**s, "forced": False, "weights": RESIDUAL_WEIGHTS}
                        for s in sensitivity if s["node"] in residual]
@@ -591,6 +616,7 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
         search=search,
         forced_int8=frozenset(forced_int8),
         blocks=frozenset(blocks),
+        halves=frozenset(halves),
         residual=frozenset(residual),
         smoothing=smoothing,
         weights=weights,
@@ -608,9 +634,11 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
             "judged_effect": chosen, "judged_by": judged, "search": steps,
             # each search's steps count the layers it keeps out of its form: of the float search's
             # layers, the residual search gives the others a second int8 weight, then the block
-            # search gives the others of those left int8 weight blocks
+            # search gives the others of those left int8 weight blocks, and the float16 search
+            # the others of those left whole float float16 weights
             "residual_weights": {"layers": residual_layers, "search": residual_steps},
             "weight_blocks": {"layers": len(blocks), "block": WEIGHT_BLOCK, "search": block_steps},
+            "float16_weights": {"layers": len(halves), "search": half_steps},
             "budget": {"min_agreement": budget.min_agreement, "max_accuracy_drop": budget.max_accuracy_drop,
                        "confidence": budget.confidence,
                        "samples_to_show": samples_to_show(budget.min_agreement, budget.confidence)},

@@ -25,7 +25,8 @@ import numpy as np
 
 __all__ = ["QuantNode", "quantizable_nodes", "qdq_model", "quantize_embeddings", "embedding_columns",
            "activation_qparams", "prune_unused", "readers", "int8_weight_blocks", "blockable", "QUANT_OPS",
-           "WEIGHT_BLOCK", "EMBEDDING_MIN_ROWS", "conv_outputs", "residual_able", "RESIDUAL_SUFFIX"]
+           "WEIGHT_BLOCK", "EMBEDDING_MIN_ROWS", "conv_outputs", "residual_able", "RESIDUAL_SUFFIX",
+           "float16_weights", "float16_layers"]
 
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
 EMBEDDING_MIN_ROWS = 256  # smaller tables (token types) stay float: every token reads their few rows, few bytes
@@ -420,6 +421,45 @@ def int8_weight_blocks(model, nodes: set[str]) -> None:
     del model.graph.node[:]
     model.graph.node.extend(ordered)
     prune_unused(model)
+
+
+def float16_weights(model, nodes: Set[str]) -> list[str]:
+    """Store the float32 weight of each MatMul/Gemm/Conv of ``nodes`` (layers left float) in
+    ``model`` (an onnx.ModelProto, in place) as float16, with a ``Cast`` to float32 after it;
+    returns the weights' names. onnxruntime folds the Cast when it loads the model and OpenVINO
+    reads it as a compressed weight, so those layers still compute in float32, with weights rounded
+    to float16 (11 significant bits), at half their float bytes. A weight that another node reads
+    too, or that float16 can't hold (a magnitude over 65504), stays float32."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weights = {i.name: i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    read = readers(model.graph)
+    wanted = {n.input[1] for n in model.graph.node
+              if n.name in nodes and n.op_type in QUANT_OPS and len(n.input) > 1 and n.input[1] in weights}
+    done, casts = [], []
+    for name in sorted(wanted):
+        w = numpy_helper.to_array(weights[name])
+        if any(r.name not in nodes for r in read[name]) or np.abs(w).max() > np.finfo(np.float16).max:
+            continue
+        model.graph.initializer.remove(weights[name])
+        model.graph.initializer.append(numpy_helper.from_array(w.astype(np.float16), f"{name}_float16"))
+        casts.append(helper.make_node("Cast", [f"{name}_float16"], [name], to=onnx.TensorProto.FLOAT,
+                                      name=f"{name}_Cast"))
+        done.append(name)
+    nodes_in_order = casts + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes_in_order)
+    return done
+
+
+def float16_layers(model) -> set[str]:
+    """The MatMul/Gemm/Conv nodes of ``model`` whose weight ``float16_weights`` stored as float16."""
+    import onnx
+
+    halves = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    cast = {n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] in halves}
+    return {n.name for n in model.graph.node if n.op_type in QUANT_OPS and len(n.input) > 1 and n.input[1] in cast}
 
 
 def _quantize_blocks(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

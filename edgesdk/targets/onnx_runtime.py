@@ -57,7 +57,8 @@ class OnnxRuntimeTarget(Target):
             notes |= {"int8": "edgesdk's QDQ model with each quantized MatMul and its bias as one onnxruntime "
                               "MatMulIntegerToFloat: uint8 activations, int8 per-channel weights, int8 embedding rows; "
                               "a layer with a second int8 weight (its rounding residual) as two; "
-                              "layers with int8 weight blocks dequantized to float weights at load",
+                              "layers with int8 weight blocks dequantized to float weights at load; "
+                              "float layers' weights stored as float16, cast to float32 at load",
                       **self.write_ranges(calibration, folder)}
         if self.bundle_spec(artifacts.classifier.spec, artifacts.text_input) is artifacts.classifier.spec:
             return notes
