@@ -904,25 +904,33 @@ def test_calibrated_convs_run_as_integer_convs_in_onnxruntime(tmp_path):
     assert "QLinearConv" not in ops and ops.count("Conv") + ops.count("FusedConv") == 2
 
 
+def _classes_model(w: np.ndarray, out):
+    """Write a float model whose logits are one MatMul ``fc`` of its input ``x`` and weight ``w``
+    (inputs, classes), opset 21; returns its path."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"], name="fc")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, w.shape[0]])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, w.shape[1]])],
+                              [numpy_helper.from_array(w, "w")])
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(out))
+    return out
+
+
 def test_a_layer_whose_weights_need_more_than_int8_stays_int8_with_a_residual_weight(tmp_path):
     """Classes whose weight columns differ by less than one int8 weight step: one int8 weight changes
     many answers, so the float search keeps the layer float; its input (0 or 1) is exact in uint8,
     so with a second int8 weight it keeps every answer, and calibration gives it one instead of float.
     TensorRT's symmetric model and the summary for a one-weight target have no residual weight."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
     from edgesdk.calibration.calibrate import Judge, calibrate
     from edgesdk.targets.onnx_integer import onnxruntime_form
 
     rng = np.random.default_rng(0)
     w = (rng.normal(size=(64, 1)) + 0.1 * rng.normal(size=(64, 4))).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"], name="fc")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 4])],
-                              [numpy_helper.from_array(w, "w")])
-    fp32 = tmp_path / "m.onnx"
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(fp32))
+    fp32 = _classes_model(w, tmp_path / "m.onnx")
     rows = list((rng.random(size=(1000, 64)) < 0.5).astype(np.float32))
     unlabeled = np.full(len(rows), -1)
     result = calibrate(fp32, rows, unlabeled, _ArrayRows(), tmp_path / "work", "minmax",
@@ -947,19 +955,14 @@ def test_a_layer_out_of_int8_stores_float16_weights_where_the_judging_keeps_its_
     float16 weights (11 bits) keep them where the columns differ by more than float16's step, and
     change them where they differ by less: the search then keeps float32 weights."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto
 
     from edgesdk.calibration.calibrate import FLOAT16_WEIGHTS, Judge, calibrate
 
     rng = np.random.default_rng(1)
     w = (rng.normal(size=(64, 1)) + spread * rng.normal(size=(64, 4))).astype(np.float32)
     w[0] = 0.01  # the wide channel adds the same to every class
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"], name="fc")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 4])],
-                              [numpy_helper.from_array(w, "w")])
-    fp32 = tmp_path / "m.onnx"
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(fp32))
+    fp32 = _classes_model(w, tmp_path / "m.onnx")
     x = rng.random(size=(1000, 64)).astype(np.float32)
     x[:, 0] *= 200
     unlabeled = np.full(len(x), -1)
