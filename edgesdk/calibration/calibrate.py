@@ -582,13 +582,12 @@ def calibrate(fp32: Path, rows: list, labels: np.ndarray, encoder, workdir: Path
     float_nodes, chosen, steps, judged = search.float_layers(ranked, set(forced_float))
     residual, residual_effect, residual_steps = set(), None, []
     blocks, blocks_effect, block_steps = set(), None, []
+    halves, halves_effect, half_steps = set(), None, []
     if meets(chosen, budget, **JUDGEMENTS[judged]):
         # the user's float layers are not in ``ranked``, so these searches leave them float
         residual, residual_effect, residual_steps = search.residual_weights(float_nodes, ranked, judged)
         float_nodes -= residual
         blocks, blocks_effect, block_steps = search.weight_blocks(float_nodes, ranked, judged, residual)
-    halves, halves_effect, half_steps = set(), None, []
-    if meets(chosen, budget, **JUDGEMENTS[judged]):
         halves, halves_effect, half_steps = search.float16_weights(float_nodes, ranked, judged, residual, blocks)
     chosen = halves_effect or blocks_effect or residual_effect or chosen
     final = _int8_model(model, original, ranges, all_nodes - float_nodes, blocks=blocks, weights=weights,

@@ -58,7 +58,7 @@ class OnnxRuntimeTarget(Target):
                               "MatMulIntegerToFloat: uint8 activations, int8 per-channel weights, int8 embedding rows; "
                               "a layer with a second int8 weight (its rounding residual) as two; "
                               "layers with int8 weight blocks dequantized to float weights at load; "
-                              "float layers' weights stored as float16, cast to float32 at load",
+                              "float layers whose float16 weights kept the budget stored so, cast to float32 at load",
                       **self.write_ranges(calibration, folder)}
         if self.bundle_spec(artifacts.classifier.spec, artifacts.text_input) is artifacts.classifier.spec:
             return notes

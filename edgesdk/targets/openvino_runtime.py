@@ -46,7 +46,8 @@ class OpenVinoTarget(Target):
             calibration = artifacts.calibration()
             source = calibration.model
             notes.update(int8="edgesdk's QDQ model: FakeQuantize on uint8 activations, int8 per-channel weights, "
-                              "int8 embedding rows; float layers' weights stored as float16, computed in float32",
+                              "int8 embedding rows; float layers whose float16 weights kept the budget stored so, "
+                              "computed in float32",
                          **self.write_ranges(calibration, folder))
         model = openvino_core().read_model(str(source))
         _stable_names(model)
